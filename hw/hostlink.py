@@ -1,0 +1,209 @@
+"""The host link: frames from the UART to the accelerator core and back.
+
+Pipeline (every arrow a stream connected with ``connect``)::
+
+    rx bytes -> Unescaper -> FrameRx --req--> Responder -> FrameTx -> tx bytes
+                              | write          |  ^
+                              v                |  | core_out
+                           Memory --read--> ImageReplay -> core_in
+
+:class:`FrameRx` buffers a whole request and checks its CRC and length before anything reaches
+the core, so a corrupted request is answered by an ERROR frame and never runs. The protocol
+(frame format, :class:`~bnnflow.protocol.Command`, :class:`~bnnflow.protocol.ErrorCode`,
+:class:`~bnnflow.protocol.DeviceInfo`) is defined once in :mod:`bnnflow.protocol`.
+"""
+
+from amaranth.back import verilog
+from amaranth.hdl import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out, connect, flipped
+
+from ..protocol import DEFAULT_ESCAPED, DeviceInfo
+from .framing import FrameRx, FrameTx, Unescaper
+from .responder import ImageReplay, Responder, core_in_layout, core_out_layout
+from .uart import ByteLayout, UARTRx, UARTTx
+
+__all__ = [
+    "core_in_layout",
+    "core_out_layout",
+    "core_params",
+    "HostLink",
+    "HostTop",
+    "generate_top_verilog",
+]
+
+MAX_IMAGES = 255  # the IDENTIFY struct reports the image count in one byte
+
+
+def core_params(core: wiring.Component) -> dict:
+    """``num_classes``, ``cls_bits`` and ``score_bits`` read off a core's ``m_axis`` payload."""
+    layout = data.Layout.cast(core.m_axis.payload.shape())
+    scores = layout["scores"].shape
+    return {"num_classes": scores.length, "cls_bits": data.Shape.cast(layout["cls"].shape).width,
+            "score_bits": data.Shape.cast(scores.elem_shape).width}
+
+
+def _design_id(design_id) -> bytes:
+    if isinstance(design_id, str):
+        design_id = bytes.fromhex(design_id)
+    design_id = bytes(design_id)
+    if len(design_id) != 8:
+        raise ValueError(f"design ID must be 8 bytes, got {len(design_id)}")
+    return design_id
+
+
+class HostLink(wiring.Component):
+    """Frame parser, command FSM and response framer between a byte stream and the core.
+
+    Parameters
+    ----------
+    n_inputs : int
+        Input bits per image; an image is ``ceil(n_inputs / 8)`` beats on ``core_in``.
+    num_classes, cls_bits, score_bits : int
+        Shape of the core's output (``score_bits <= 16``: scores travel as int16).
+    design_id : bytes or str
+        8 bytes (or 16 hex digits) reported by IDENTIFY.
+    max_payload : int
+        Request buffer size in bytes; rounded down to whole images (at most 255).
+    escaped : set of int
+        Bytes escaped on transmit.
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(ByteLayout))
+    tx : Out(stream.Signature(ByteLayout))
+    core_in : Out(stream.Signature(core_in_layout()))
+    core_out : In(stream.Signature(core_out_layout(...)))
+    info : DeviceInfo
+        What IDENTIFY reports.
+    """
+
+    def __init__(self, n_inputs, num_classes, cls_bits, score_bits, design_id, max_payload=1024,
+                 *, escaped=DEFAULT_ESCAPED):
+        if not 1 <= score_bits <= 16:
+            raise ValueError(f"score_bits {score_bits} must be in 1..16 (int16 on the wire)")
+        if not 1 <= cls_bits <= 8 or num_classes > 1 << cls_bits:
+            raise ValueError(f"cls_bits {cls_bits} cannot index {num_classes} classes in a byte")
+        image_size = (n_inputs + 7) // 8
+        record_size = 1 + 2 * num_classes
+        max_images = min(MAX_IMAGES, max_payload // image_size, 0xFFFF // record_size)
+        if max_images < 1:
+            raise ValueError(f"max_payload {max_payload} cannot hold one {image_size}-byte image")
+        self.info = DeviceInfo(_design_id(design_id), n_inputs, num_classes, max_images,
+                               max_images * image_size)
+        self.cls_bits, self.score_bits, self.escaped = cls_bits, score_bits, escaped
+        super().__init__({
+            "rx": In(stream.Signature(ByteLayout)),
+            "tx": Out(stream.Signature(ByteLayout)),
+            "core_in": Out(stream.Signature(core_in_layout())),
+            "core_out": In(stream.Signature(core_out_layout(num_classes, cls_bits, score_bits))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        info = self.info
+        m.submodules.unescaper = unescaper = Unescaper()
+        m.submodules.frame_rx = frame_rx = FrameRx(info.max_payload, info.image_size)
+        m.submodules.buffer = buffer = Memory(shape=8, depth=info.max_payload, init=[])
+        m.submodules.replay = replay = ImageReplay(info.max_payload, info.image_size)
+        m.submodules.responder = responder = Responder(
+            info, core_out_layout(info.num_classes, self.cls_bits, self.score_bits))
+        m.submodules.frame_tx = frame_tx = FrameTx(self.escaped)
+
+        connect(m, flipped(self.rx), unescaper.i)
+        connect(m, unescaper.o, frame_rx.i)
+        connect(m, frame_rx.wr, buffer.write_port())
+        connect(m, frame_rx.req, responder.req)
+        connect(m, responder.replay, replay.ctl)
+        connect(m, replay.rd, buffer.read_port())
+        connect(m, replay.o, flipped(self.core_in))
+        connect(m, flipped(self.core_out), responder.core_out)
+        connect(m, responder.o, frame_tx.i)
+        connect(m, frame_tx.o, flipped(self.tx))
+        return m
+
+
+class HostTop(wiring.Component):
+    """UART + :class:`HostLink` + an accelerator core: what a board top instantiates.
+
+    Parameters
+    ----------
+    core : wiring.Component
+        Has ``s_axis: In(stream.Signature(core_in_layout()))``, ``m_axis:
+        Out(stream.Signature(core_out_layout(...)))`` and an ``n_inputs`` attribute (unless
+        ``n_inputs`` is given).
+    design_id : bytes or str
+        8 bytes (or 16 hex digits) reported by IDENTIFY.
+    divisor : int
+        UART clock cycles per bit (``clk_hz // baud``).
+    n_inputs : int, optional
+        Input bits per image; defaults to ``core.n_inputs``.
+    max_payload : int
+        Request buffer size in bytes (block RAM).
+
+    Attributes
+    ----------
+    rx : In(1)
+        UART receive pin (idle high).
+    tx : Out(1)
+        UART transmit pin (idle high).
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+
+    def __init__(self, core, design_id, divisor, *, n_inputs=None, max_payload=1024,
+                 escaped=DEFAULT_ESCAPED):
+        if n_inputs is None:
+            n_inputs = getattr(core, "n_inputs", None)
+            if n_inputs is None:
+                raise TypeError(f"{type(core).__name__} has no n_inputs attribute; pass "
+                                f"n_inputs= to HostTop")
+        self.core = core
+        self.divisor = divisor
+        self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,
+                             escaped=escaped, **core_params(core))
+        super().__init__()
+
+    @property
+    def info(self) -> DeviceInfo:
+        """What IDENTIFY reports."""
+        return self.link.info
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
+        m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
+        m.submodules.link = link = self.link
+        m.submodules.core = core = self.core
+        m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
+        connect(m, uart_rx.o, link.rx)
+        connect(m, link.tx, uart_tx.i)
+        connect(m, link.core_in, core.s_axis)
+        connect(m, core.m_axis, link.core_out)
+        return m
+
+
+def generate_top_verilog(core, design_id, divisor, path, name="bnn_top", **kwargs) -> str:
+    """Write the Verilog of a :class:`HostTop` (ports ``clk``, ``rst``, ``rx``, ``tx``).
+
+    Parameters
+    ----------
+    core, design_id, divisor, **kwargs
+        Passed to :class:`HostTop`.
+    path : str or os.PathLike
+        Output file.
+    name : str
+        Verilog module name.
+
+    Returns
+    -------
+    str
+        The Verilog text.
+    """
+    top = HostTop(core, design_id, divisor, **kwargs)
+    text = verilog.convert(top, name=name)
+    with open(path, "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,284 @@
+"""The ``bnnflow`` command line.
+
+Every command is a thin wrapper over the library; known bad inputs end with one line naming
+the file, node or layer at fault and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from .datasets import DatasetError
+    from .folding import FoldingError
+    from .frontend import FrontendError
+    from .inputs import InputError
+    from .ir import IRError
+    from .manifest import ManifestError
+    from .thresholds import ThresholdError
+
+    errors: list[type[BaseException]] = [DatasetError, FoldingError, FrontendError, InputError,
+                                         IRError, ManifestError, ThresholdError]
+    for module, name in (("bnnflow.sim.runner", "SimulationError"),
+                         ("bnnflow.driver", "DriverError"),
+                         ("bnnflow.boards.build", "BuildError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- train ------------------------------------------------------------------------------------
+
+def cmd_train(args) -> None:
+    from . import datasets
+    from .train import TrainConfig, export, torch_scores, train, write_metrics
+
+    ds = datasets.load(args.dataset, args.data_dir)
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, seed=args.seed, progress=not args.quiet)
+    result = train(ds, cfg)
+    out = Path(args.output)
+    export(result.model, ds, out / "model.onnx", args.model)
+    write_metrics(out / "metrics.json", result, cfg, ds)
+    # The trained model's own test-set scores, kept so later levels can be checked against it.
+    np.savez(out / "torch_test_scores.npz", scores=torch_scores(result.model, ds, ds.x_test),
+             labels=ds.y_test)
+    print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs "
+          f"({result.seconds:.1f} s); wrote {out / 'model.onnx'}")
+
+
+# -- compile ----------------------------------------------------------------------------------
+
+def cmd_compile(args) -> None:
+    from .flow import CompileConfig, compile_model
+
+    cfg = CompileConfig(Path(args.model), Path(args.output),
+                        Path(args.folding) if args.folding else None)
+    state = compile_model(cfg, progress=None if args.quiet else lambda s: _say(f"[compile] {s}"))
+    cpf = state.folding.cycles_per_frame(state.net)
+    folds = ", ".join(f"{n}: PE {f.pe} SIMD {f.simd}" for n, f in state.folding.layers.items())
+    print(f"compiled {len(state.net.layers)} layers ({folds}); predicted {cpf} cycles/frame; "
+          f"wrote {cfg.out}")
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+def cmd_verify(args) -> None:
+    from .verify import verify_run
+
+    report = verify_run(Path(args.run), Path(args.build), args.dataset, args.data_dir)
+    print(json.dumps(report, indent=2))
+    if report["mismatches_torch"] or report["mismatches_qonnx"]:
+        raise SystemExit(1)
+
+
+# -- simulate ---------------------------------------------------------------------------------
+
+def _inputs_and_labels(args, net):
+    from . import datasets
+    from .inputs import load_array, to_bits
+
+    if args.inputs:
+        bits = to_bits(net, load_array(args.inputs), args.inputs)
+        labels = None
+        if args.labels:
+            labels = np.asarray(load_array(args.labels)).reshape(-1).astype(np.int64)
+            if len(labels) != len(bits):
+                from .inputs import InputError
+                raise InputError(f"{args.labels}: {len(labels)} labels for {len(bits)} inputs")
+        return bits, labels
+    ds = datasets.load(args.dataset or "digits", getattr(args, "data_dir", None))
+    return to_bits(net, ds.x_test, f"dataset {ds.name}"), ds.y_test
+
+
+def cmd_simulate(args) -> None:
+    from bnnflow.sim.runner import simulate_core
+
+    from .flow import load_build, update_report
+    from .reference import run
+
+    build = Path(args.build)
+    net, folding, manifest = load_build(build)
+    bits, labels = _inputs_and_labels(args, net)
+    if args.limit:
+        bits = bits[: args.limit]
+        labels = None if labels is None else labels[: args.limit]
+    start = time.perf_counter()
+    out = simulate_core(net, build / "core.v", bits, in_width=manifest.in_width,
+                        predicted_cycles=manifest.cycles_per_frame, work_dir=build / "sim",
+                        p_idle=args.p_idle, p_stall=args.p_stall, seed=args.seed)
+    seconds = time.perf_counter() - start
+    ref = run(net, bits, bits=True)
+    preds = np.asarray(out["predictions"])
+    results = {
+        "frames": out["frames"], "mismatches": out["mismatches"],
+        "cycles_per_frame": out["cycles_per_frame"],
+        "predicted_cycles_per_frame": manifest.cycles_per_frame,
+        "first_result_cycles": out["first_result_cycles"],
+        "p_idle": args.p_idle, "p_stall": args.p_stall, "seconds": round(seconds, 2),
+        "predictions": preds.tolist(),
+    }
+    if labels is not None:
+        results["accuracy"] = float((preds == labels).mean())
+        results["reference_accuracy"] = float((ref.classes == labels).mean())
+    (build / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    update_report(build, {"measured_cycles_per_frame": out["cycles_per_frame"]})
+    acc = f", accuracy {results['accuracy']:.4f}" if labels is not None else ""
+    print(f"simulated {results['frames']} frames twice (free-running, then with "
+          f"{args.p_idle:.0%} idle / {args.p_stall:.0%} back-pressure): "
+          f"{results['mismatches']} mismatches{acc}; {out['cycles_per_frame']:.2f} cycles/frame "
+          f"(predicted {manifest.cycles_per_frame}); wrote {build / 'results.json'}")
+
+
+# -- build ------------------------------------------------------------------------------------
+
+def cmd_build(args) -> None:
+    from .bitstream import build_bitstream
+
+    report = build_bitstream(Path(args.build), args.board, progress=None if args.quiet else _say)
+    keys = ("lut4", "ff", "ebr", "dsp", "fmax_mhz", "target_mhz")
+    print(" ".join(f"{k}={report.get(k)}" for k in keys) + f"; bitstream {report['bitstream']}")
+
+
+# -- infer ------------------------------------------------------------------------------------
+
+def cmd_infer(args) -> None:
+    from .driver import Accelerator
+    from .inputs import load_array, to_bits
+    from .ir import Network
+
+    device = args.device
+    expected = None
+    if args.build:
+        from .manifest import Manifest
+        expected = Manifest.load(args.build).design_id_bytes
+    build = Path(args.build or (device[4:] if device.startswith("sim:") else "."))
+    net = Network.load(build)
+    bits = to_bits(net, load_array(args.inputs), args.inputs)
+    with Accelerator.open(device, expected_id=expected) as acc:
+        classes, _scores = acc.predict(bits)
+    text = "\n".join(str(int(c)) for c in classes)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+# -- flow -------------------------------------------------------------------------------------
+
+def cmd_flow(args) -> None:
+    from .summary import run_flow
+
+    run_flow(Path(args.output), dataset=args.dataset, epochs=args.epochs,
+             board=args.board if args.with_build else None, seed=args.seed)
+
+
+def cmd_summary(args) -> None:
+    from .summary import summary_table
+
+    print(summary_table(Path(args.run)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bnnflow", description=__doc__.splitlines()[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a 1W1A network with Brevitas and export QONNX")
+    t.add_argument("--model", default="tfc")
+    t.add_argument("--dataset", default="digits")
+    t.add_argument("--data-dir")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=0.01)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("-o", "--output", required=True, help="run folder")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compile", help="QONNX model -> IR, folding, Verilog, report")
+    c.add_argument("model")
+    c.add_argument("-o", "--output", required=True, help="build folder")
+    c.add_argument("--folding", help="JSON {layer: {pe, simd}}")
+    c.set_defaults(func=cmd_compile)
+
+    v = sub.add_parser("verify", help="check the IR reference against PyTorch and qonnx")
+    v.add_argument("run", help="run folder of `bnnflow train`")
+    v.add_argument("build", help="build folder of `bnnflow compile`")
+    v.add_argument("--dataset", default="digits")
+    v.add_argument("--data-dir")
+    v.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("simulate", help="cocotb + Verilator simulation against the reference")
+    s.add_argument("build")
+    s.add_argument("--dataset")
+    s.add_argument("--data-dir")
+    s.add_argument("--inputs", help=".npy: uint8 pixels, bool/int8 bits, or floats in the "
+                                     "model's input domain")
+    s.add_argument("--labels", help=".npy of integer labels")
+    s.add_argument("--limit", type=int, help="simulate only the first N inputs")
+    s.add_argument("--p-idle", type=float, default=0.3)
+    s.add_argument("--p-stall", type=float, default=0.3)
+    s.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=cmd_simulate)
+
+    b = sub.add_parser("build", help="bitstream with yosys + nextpnr-ecp5 + ecppack")
+    b.add_argument("build")
+    b.add_argument("--board", default="ulx3s-85f")
+    b.set_defaults(func=cmd_build)
+
+    i = sub.add_parser("infer", help="run inputs through a board or the simulated board")
+    i.add_argument("--device", required=True, help="sim:BUILD or serial:PORT")
+    i.add_argument("--build", help="build folder (required for serial:)")
+    i.add_argument("--inputs", required=True)
+    i.add_argument("-o", "--output")
+    i.set_defaults(func=cmd_infer)
+
+    f = sub.add_parser("flow", help="train, compile, verify, simulate (and build) in one go")
+    f.add_argument("-o", "--output", default="runs/digits")
+    f.add_argument("--dataset", default="digits")
+    f.add_argument("--epochs", type=int, default=100)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--with-build", action="store_true")
+    f.add_argument("--board", default="ulx3s-85f")
+    f.set_defaults(func=cmd_flow)
+
+    m = sub.add_parser("summary", help="print the summary table of a run folder")
+    m.add_argument("run", nargs="?", default="runs/digits")
+    m.set_defaults(func=cmd_summary)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "command", None) == "infer" and args.device.startswith("serial:") \
+            and not args.build:
+        _parser().error("infer --device serial:PORT needs --build BUILD (to check the design)")
+    try:
+        args.func(args)
+    except _known_errors() as e:
+        _say(f"bnnflow {args.command}: error: {e}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _say("bnnflow: interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

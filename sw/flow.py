@@ -1,0 +1,141 @@
+"""The compile flow: QONNX to a build folder, as named steps with an artifact after each.
+
+Each step is a plain function ``step_*(state, cfg)`` listed once in :data:`COMPILE_STEPS`; it
+reads what earlier steps left in ``state`` and writes its artifact into the build folder, so a
+failed flow leaves everything up to the failing step on disk for inspection.
+
+Build folder::
+
+    network.json, weights.npz   the IR                        (step_import)
+    folding.json                PE/SIMD per layer             (step_fold)
+    core.v                      the accelerator core (AXI4-Stream ports)    (step_core)
+    top.v                       core + host link + UART, for the simulated board (step_top)
+    manifest.json, report.json  design ID, geometry; predicted cycles       (step_report)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import GENERATOR_VERSION
+from .folding import Folding, default_folding
+from .frontend import import_qonnx
+from .ir import Network
+from .manifest import Manifest, design_id
+
+__all__ = ["CompileConfig", "COMPILE_STEPS", "compile_model", "load_build", "update_report"]
+
+#: UART clocks per bit of the simulated board top: fast to simulate, same bytes as a board.
+SIM_DIVISOR = 8
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    model: Path
+    out: Path
+    folding: Path | None = None
+    in_width: int = 8
+    sim_divisor: int = SIM_DIVISOR
+
+
+@dataclass
+class CompileState:
+    net: Network | None = None
+    folding: Folding | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def step_import(state: CompileState, cfg: CompileConfig) -> None:
+    state.net = import_qonnx(cfg.model)
+    state.net.save(cfg.out)
+
+
+def step_fold(state: CompileState, cfg: CompileConfig) -> None:
+    if cfg.folding is not None:
+        state.folding = Folding.load(cfg.folding, state.net)
+    else:
+        state.folding = default_folding(state.net)
+    state.folding.save(cfg.out / "folding.json")
+
+
+def step_core(state: CompileState, cfg: CompileConfig) -> None:
+    from bnnflow.hw.core import generate_verilog
+
+    generate_verilog(state.net, state.folding, cfg.out / "core.v", in_width=cfg.in_width)
+
+
+def step_top(state: CompileState, cfg: CompileConfig) -> None:
+    from bnnflow.hw.core import BnnCore
+    from bnnflow.hw.hostlink import generate_top_verilog
+
+    core = BnnCore(state.net, state.folding, cfg.in_width)
+    generate_top_verilog(core, design_id(state.net, state.folding), cfg.sim_divisor,
+                         cfg.out / "top.v")
+
+
+def step_report(state: CompileState, cfg: CompileConfig) -> None:
+    net, folding = state.net, state.folding
+    cycles = folding.layer_cycles(net)
+    layers = []
+    for layer in net.layers:
+        f = folding[layer.name]
+        layers.append({
+            "name": layer.name, "in_features": layer.in_features,
+            "out_features": layer.out_features, "pe": f.pe, "simd": f.simd,
+            "lanes": f.pe * f.simd, "cycles": cycles[layer.name],
+            "weight_bits": layer.in_features * layer.out_features,
+        })
+    manifest = Manifest(
+        design_id=design_id(net, folding).hex(), name=net.name, n_inputs=net.input.size,
+        input_shape=net.input.shape, pixel_max=net.input.pixel_max,
+        input_scale=net.input.input_scale, binarize_threshold=net.input.binarize_threshold,
+        num_classes=net.num_classes, in_width=cfg.in_width, sim_divisor=cfg.sim_divisor,
+        cycles_per_frame=folding.cycles_per_frame(net))
+    manifest.save(cfg.out)
+    report = {"design_id": manifest.design_id, "generator_version": GENERATOR_VERSION,
+              "cycles_per_frame": manifest.cycles_per_frame, "layers": layers,
+              "compile_seconds": state.timings}
+    (cfg.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+COMPILE_STEPS: list[Callable[[CompileState, CompileConfig], None]] = [
+    step_import, step_fold, step_core, step_top, step_report,
+]
+
+
+def compile_model(cfg: CompileConfig, progress: Callable[[str], None] | None = None
+                  ) -> CompileState:
+    """Run :data:`COMPILE_STEPS` in order."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    state = CompileState()
+    for step in COMPILE_STEPS:
+        name = step.__name__.removeprefix("step_")
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        step(state, cfg)
+        state.timings[name] = round(time.perf_counter() - start, 3)
+    # The report was written before its own step finished timing; add the full picture.
+    update_report(cfg.out, {"compile_seconds": state.timings})
+    return state
+
+
+def load_build(build: str | Path) -> tuple[Network, Folding, Manifest]:
+    """The IR, folding and manifest of a build folder."""
+    build = Path(build)
+    net = Network.load(build)
+    folding = Folding.load(build / "folding.json", net)
+    return net, folding, Manifest.load(build)
+
+
+def update_report(build: str | Path, fields: dict) -> dict:
+    """Merge ``fields`` into ``BUILD/report.json`` and return the result."""
+    path = Path(build) / "report.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report.update(fields)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return report

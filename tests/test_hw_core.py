@@ -1,0 +1,158 @@
+"""Amaranth-simulator tests of the whole core (hw/core.py) against ``reference.run``."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from streams import recv, run, send
+
+from bnnflow import packing, reference
+from bnnflow.folding import Folding, LayerFold, default_folding
+from bnnflow.hw.core import (
+    BnnCore,
+    generate_verilog,
+    input_layout,
+    latency,
+    output_layout,
+    score_bits,
+)
+from bnnflow.ir import Dense, InputSpec, Network, Thresholds
+
+
+def random_network(rng: np.random.Generator, sizes: list[int]) -> Network:
+    """A random network ``sizes[0] -> ... -> sizes[-1]`` with varied, reachable thresholds."""
+    layers = []
+    for k, (mw, mh) in enumerate(zip(sizes, sizes[1:], strict=False)):
+        weights = rng.integers(0, 2, (mh, mw))
+        th = None
+        if k < len(sizes) - 2:
+            t = np.clip(np.rint(rng.normal(mw / 2, np.sqrt(mw) / 2, mh)), 0, mw + 1)
+            invert = rng.random(mh) < 0.3
+            t[0], invert[0] = 0, False  # a constant-1 channel
+            th = Thresholds(t.astype(np.int64), invert)
+        layers.append(Dense(f"fc{k}", weights, th))
+    return Network(InputSpec((sizes[0],), 1, 1.0, 1), tuple(layers))
+
+
+def frame_beats(rng: np.random.Generator, bits: np.ndarray, width: int) -> list[dict]:
+    """``s_axis`` beats of each frame; pad bits are random because the core must ignore them."""
+    n = bits.shape[1]
+    beats = -(-n // width)
+    out = []
+    for row in bits:
+        padded = np.concatenate([row, rng.integers(0, 2, beats * width - n)])
+        words = packing.pack_words(padded, width)
+        out += [{"data": w, "last": int(k == beats - 1)} for k, w in enumerate(words)]
+    return out
+
+
+def simulate(net, folding, bits, *, in_width=8, seed=0, idle=0.0, stall=0.0):
+    """Run ``BnnCore`` on input bit rows; returns (classes, scores, out cycles, in cycles)."""
+    dut = BnnCore(net, folding, in_width)
+    beats = frame_beats(np.random.default_rng(seed), bits, in_width)
+    results, out_cycles, in_cycles = [], [], []
+
+    async def source(ctx):
+        await send(ctx, dut.s_axis, beats, rng=random.Random(seed), idle=idle, cycles=in_cycles)
+
+    async def sink(ctx):
+        results.extend(await recv(ctx, dut.m_axis, len(bits), rng=random.Random(seed + 1),
+                                  stall=stall, cycles=out_cycles))
+
+    run(dut, source, sink, checked=(dut.s_axis, dut.m_axis))
+    assert all(r.last == 1 for r in results)
+    classes = np.array([r.cls for r in results])
+    scores = np.array([[r.scores[k] for k in range(net.num_classes)] for r in results])
+    return classes, scores, out_cycles, in_cycles
+
+
+def folding_of(net: Network, *pairs: tuple[int, int]) -> Folding:
+    return Folding({layer.name: LayerFold(pe, simd)
+                    for layer, (pe, simd) in zip(net.layers, pairs, strict=True)})
+
+
+def test_layouts():
+    rng = np.random.default_rng(0)
+    net = random_network(rng, [32, 16, 10])
+    assert input_layout(8).size == 9
+    assert score_bits(net) == 6  # [-16, 16]
+    out = output_layout(net)
+    assert out.size == 4 + 10 * 6 + 1
+    assert list(dict(out.members)) == ["cls", "scores", "last"]
+
+
+@pytest.mark.parametrize("folds", [
+    [(4, 8), (4, 4), (2, 8)],
+    [(1, 32), (16, 1), (5, 16)],
+    [(16, 32), (2, 2), (1, 1)],
+])
+def test_core_random_stalls(folds):
+    rng = np.random.default_rng(len(str(folds)))
+    net = random_network(rng, [32, 16, 16, 10])
+    bits = rng.integers(0, 2, (32, 32))
+    classes, scores, _, _ = simulate(net, folding_of(net, *folds), bits, seed=4,
+                                     idle=0.3, stall=0.3)
+    ref = reference.run(net, bits, bits=True)
+    np.testing.assert_array_equal(scores, ref.scores)
+    np.testing.assert_array_equal(classes, ref.classes)
+
+
+def test_ties_take_first_maximum():
+    """Duplicate rows in the final layer force exact ties; numpy's first-max rule must hold."""
+    rng = np.random.default_rng(3)
+    net = random_network(rng, [16, 8, 6])
+    w = np.array(net.layers[-1].weights)
+    w[3], w[5], w[4] = w[1], w[1], w[0]
+    net = Network(net.input, (net.layers[0], Dense("fc1", w, None)))
+    bits = rng.integers(0, 2, (30, 16))
+    ref = reference.run(net, bits, bits=True)
+    assert np.any(ref.scores[:, 1] == ref.scores[:, 3])
+    for folds in ([(2, 4), (2, 8)], [(8, 16), (6, 8)], [(1, 16), (1, 1)]):
+        classes, scores, _, _ = simulate(net, folding_of(net, *folds), bits, seed=1,
+                                         idle=0.2, stall=0.2)
+        np.testing.assert_array_equal(scores, ref.scores)
+        np.testing.assert_array_equal(classes, ref.classes)
+
+
+@pytest.mark.parametrize("in_width", [8, 5, 36])
+def test_input_width_not_dividing(in_width):
+    rng = np.random.default_rng(36)
+    net = random_network(rng, [36, 12, 10])
+    bits = rng.integers(0, 2, (30, 36))
+    classes, scores, _, _ = simulate(net, folding_of(net, (3, 6), (2, 4)), bits,
+                                     in_width=in_width, seed=2, idle=0.3, stall=0.3)
+    ref = reference.run(net, bits, bits=True)
+    np.testing.assert_array_equal(scores, ref.scores)
+    np.testing.assert_array_equal(classes, ref.classes)
+
+
+@pytest.mark.parametrize("sizes", [[32, 16, 16, 10], [64, 64, 64, 64, 10]])
+def test_throughput_matches_model(sizes):
+    rng = np.random.default_rng(9)
+    net = random_network(rng, sizes)
+    folding = default_folding(net)
+    bits = rng.integers(0, 2, (40, sizes[0]))
+    classes, scores, out_cycles, in_cycles = simulate(net, folding, bits)
+    ref = reference.run(net, bits, bits=True)
+    np.testing.assert_array_equal(scores, ref.scores)
+    np.testing.assert_array_equal(classes, ref.classes)
+    # With the input always valid and the output always ready the pipeline is exactly as fast
+    # as its slowest layer: the spacing of results is the model's cycles per frame.
+    per_frame = np.diff(out_cycles)
+    assert np.all(per_frame == folding.cycles_per_frame(net))
+    beats = -(-sizes[0] // 8)
+    assert out_cycles[0] - in_cycles[beats - 1] == latency(net, folding)
+
+
+def test_generate_verilog(tmp_path):
+    rng = np.random.default_rng(1)
+    net = random_network(rng, [36, 12, 10])
+    path = tmp_path / "core.v"
+    generate_verilog(net, default_folding(net), path, in_width=8, name="bnn_core")
+    text = path.read_text()
+    assert "module bnn_core" in text
+    for port in ("s_axis__payload", "s_axis__valid", "s_axis__ready", "m_axis__payload",
+                 "m_axis__valid", "m_axis__ready", "clk", "rst"):
+        assert port in text

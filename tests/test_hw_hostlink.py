@@ -1,0 +1,227 @@
+# amaranth: UnusedElaboratable=no
+"""Amaranth-simulator tests of the host link (hw/hostlink.py) with a fake core."""
+
+import random
+import struct
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib.wiring import connect
+
+from bnnflow.hw.hostlink import HostLink, HostTop
+from bnnflow.protocol import (
+    START,
+    Command,
+    DeviceInfo,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    crc16,
+    encode_frame,
+    pack_images,
+    unpack_results,
+)
+from fakecore import FakeCore
+from streams import recv, run, send
+
+N_INPUTS, CLASSES = 20, 3
+DESIGN_ID = bytes.fromhex("0123456789abcdef")
+
+
+def make_link(max_payload=30, stall=True):
+    m = Module()
+    core = FakeCore(N_INPUTS, CLASSES, stall=stall)
+    link = HostLink(N_INPUTS, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, max_payload)
+    m.submodules.core, m.submodules.link = core, link
+    connect(m, link.core_in, core.s_axis)
+    connect(m, core.m_axis, link.core_out)
+    return m, link, core
+
+
+def exchange(requests, responses, *, seed=0, max_payload=30):
+    """Send ``requests`` (bytes) into the link; return ``responses`` decoded events and the
+    number of image bytes the core accepted."""
+    m, link, core = make_link(max_payload)
+    rng = random.Random(seed)
+    events, core_beats, wire = [], [], bytearray()
+
+    async def host_tx(ctx):
+        for request in requests:
+            await send(ctx, link.rx, [{"data": b} for b in request], rng=rng, idle=0.3)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while len(events) < responses:
+            (beat,) = await recv(ctx, link.tx, 1, rng=rng, stall=0.3)
+            wire.append(beat.data)
+            events.extend(decoder.feed(bytes([beat.data])))
+
+    async def core_monitor(ctx):
+        async for _, _, valid, ready in ctx.tick().sample(core.s_axis.valid, core.s_axis.ready):
+            if valid and ready:
+                core_beats.append(1)
+
+    run(m, host_tx, host_rx, checked=[link.tx, link.core_in, link.core_out],
+        background=[core_monitor])
+    exchange.wire = bytes(wire)
+    return events, len(core_beats), link, core
+
+
+def random_images(k, seed):
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, (k, N_INPUTS), dtype=np.uint8)
+    # Images whose bytes are START, ESCAPE, XON and XOFF exercise escaping both ways.
+    for i, byte in enumerate([0x7E, 0x7D, 0x11, 0x13][:k]):
+        bits[i, :8] = [(byte >> j) & 1 for j in range(8)]
+    return bits
+
+
+def test_identify():
+    events, beats, link, _ = exchange([encode_frame(Command.IDENTIFY, 42)], 1)
+    assert events == [Frame(Command.IDENTIFY, 42, link.info.pack())]
+    info = DeviceInfo.unpack(events[0].payload)
+    assert info.design_id == DESIGN_ID
+    assert (info.n_inputs, info.num_classes, info.score_bytes) == (N_INPUTS, CLASSES, 2)
+    assert info.max_images == 10 and info.max_payload == 30  # 30 bytes = 10 images of 3 bytes
+    assert beats == 0
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_infer(k):
+    bits = random_images(k, k)
+    requests = [encode_frame(Command.INFER, 0x7E, pack_images(bits)),
+                encode_frame(Command.INFER, 0x13, pack_images(bits[::-1]))]
+    events, beats, _, core = exchange(requests, 2, seed=k)
+    assert [(e.cmd, e.seq) for e in events] == [(Command.INFER, 0x7E), (Command.INFER, 0x13)]
+    want_cls, want_scores = core.predict(bits)
+    for event, order in zip(events, [slice(None), slice(None, None, -1)], strict=True):
+        classes, scores = unpack_results(event.payload, CLASSES)
+        np.testing.assert_array_equal(classes, want_cls[order])
+        np.testing.assert_array_equal(scores, want_scores[order])
+    assert beats == 2 * k * 3
+    assert (want_scores < 0).any()  # sign extension is exercised
+
+
+def test_every_byte_escaped_by_host():
+    bits = random_images(3, 5)
+    request = encode_frame(Command.INFER, 0x7D, pack_images(bits), escaped=set(range(256)))
+    events, _, _, core = exchange([request], 1)
+    np.testing.assert_array_equal(unpack_results(events[0].payload, CLASSES)[0],
+                                  core.predict(bits)[0])
+
+
+def corrupt(frame, index):
+    return frame[:index] + bytes([frame[index] ^ 0x04]) + frame[index + 1:]
+
+
+def test_bad_crc_never_reaches_core():
+    bits = random_images(2, 1)
+    good = encode_frame(Command.INFER, 9, pack_images(bits))
+    bad = corrupt(good, len(good) - 4)  # a payload byte (never escaped here)
+    assert bad != good and bad.count(START) == 1
+    events, beats, _, _ = exchange([bad], 1)
+    assert events == [Frame(Command.ERROR, 9, bytes([ErrorCode.BAD_CRC.value, 2]))]
+    assert beats == 0
+    # The same link recovers: the corrupted request then the good one.
+    events, beats, _, _ = exchange([bad, good], 2)
+    assert events[0].cmd == Command.ERROR and events[1].cmd == Command.INFER
+    assert beats == 2 * 3
+
+
+def error_frame(seq, code, cmd):
+    return Frame(Command.ERROR, seq, bytes([code.value, cmd]))
+
+
+def test_unknown_command_and_bad_lengths():
+    requests = [
+        encode_frame(0x55, 1, b"abc"),
+        encode_frame(Command.ERROR, 2),
+        encode_frame(Command.IDENTIFY, 3, b"\x00"),
+        encode_frame(Command.INFER, 4, b"\x01\x02"),  # not a whole image
+        encode_frame(Command.INFER, 5),  # no image
+    ]
+    events, beats, _, _ = exchange(requests, len(requests))
+    assert events == [
+        error_frame(1, ErrorCode.UNKNOWN_COMMAND, 0x55),
+        error_frame(2, ErrorCode.UNKNOWN_COMMAND, Command.ERROR.value),
+        error_frame(3, ErrorCode.BAD_LENGTH, Command.IDENTIFY.value),
+        error_frame(4, ErrorCode.BAD_LENGTH, Command.INFER.value),
+        error_frame(5, ErrorCode.BAD_LENGTH, Command.INFER.value),
+    ]
+    assert beats == 0
+
+
+def test_overflow_then_resync():
+    too_long = encode_frame(Command.INFER, 6, bytes(33))
+    events, beats, _, _ = exchange([too_long, encode_frame(Command.IDENTIFY, 7)], 2)
+    assert events[0] == error_frame(6, ErrorCode.OVERFLOW, Command.INFER.value)
+    assert events[1].cmd == Command.IDENTIFY and events[1].seq == 7
+    assert beats == 0
+
+
+def test_garbage_and_truncated_frames_are_dropped():
+    good = encode_frame(Command.IDENTIFY, 8)
+    truncated = encode_frame(Command.INFER, 1, bytes(9))[:7]
+    events, beats, _, _ = exchange([b"\x00\x7d\x55garbage", truncated, good], 1)
+    assert events == [Frame(Command.IDENTIFY, 8, events[0].payload)]
+    assert beats == 0
+
+
+def test_response_bytes_match_host_encoder():
+    # The gateware escapes the same set and computes the same CRC as encode_frame.
+    bits = random_images(4, 3)
+    events, _, _, _ = exchange([encode_frame(Command.INFER, 0x11, pack_images(bits))], 1)
+    assert exchange.wire == encode_frame(Command.INFER, 0x11, events[0].payload)
+
+
+async def uart_send(ctx, pin, data, divisor):
+    for byte in data:
+        for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(pin, bit)
+            await ctx.tick().repeat(divisor)
+
+
+async def uart_recv(ctx, pin, divisor):
+    await ctx.tick().until(pin == 0)
+    await ctx.tick().repeat(divisor // 2)
+    byte = 0
+    for i in range(8):
+        await ctx.tick().repeat(divisor)
+        byte |= ctx.get(pin) << i
+    await ctx.tick().repeat(divisor)
+    assert ctx.get(pin) == 1
+    return byte
+
+
+def test_hosttop_through_uart_pins():
+    divisor = 4
+    core = FakeCore(N_INPUTS, CLASSES)
+    top = HostTop(core, DESIGN_ID.hex(), divisor, max_payload=12)
+    bits = random_images(2, 9)
+    requests = encode_frame(Command.IDENTIFY, 1) + encode_frame(Command.INFER, 2,
+                                                                 pack_images(bits))
+    events = []
+
+    async def host_tx(ctx):
+        ctx.set(top.rx, 1)
+        await ctx.tick().repeat(10)
+        await uart_send(ctx, top.rx, requests, divisor)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while len(events) < 2:
+            events.extend(decoder.feed(bytes([await uart_recv(ctx, top.tx, divisor)])))
+
+    run(top, host_tx, host_rx)
+    assert DeviceInfo.unpack(events[0].payload) == top.info
+    assert top.info.max_images == 4
+    classes, scores = unpack_results(events[1].payload, CLASSES)
+    np.testing.assert_array_equal(scores, core.predict(bits)[1])
+
+
+def test_hosttop_needs_input_size():
+    class Bare:
+        m_axis = FakeCore(N_INPUTS, CLASSES).m_axis
+    with pytest.raises(TypeError, match="n_inputs"):
+        HostTop(Bare(), DESIGN_ID, 8)

@@ -1,0 +1,180 @@
+"""Amaranth-simulator tests of one MVTU (hw/mvtu.py) against the numpy reference."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import Out
+from amaranth.sim import Simulator
+from streams import recv, rule_checker, run, send
+
+from bnnflow import packing, reference
+from bnnflow.hw.mvtu import MVTU, beat_layout
+from bnnflow.hw.popcount import popcount, popcount_width
+from bnnflow.ir import Dense, Thresholds
+
+
+def random_layer(rng: np.random.Generator, mh: int, mw: int, scores: bool = False) -> Dense:
+    """Random weights; thresholds near mw/2 so outputs vary, plus every special channel."""
+    weights = rng.integers(0, 2, (mh, mw))
+    if scores:
+        return Dense("fc", weights, None)
+    t = np.clip(np.rint(rng.normal(mw / 2, np.sqrt(mw) / 2, mh)), 0, mw + 1).astype(np.int64)
+    invert = rng.integers(0, 2, mh).astype(bool)
+    # Constant channels (t = 0 with and without invert) and the never-firing t = mw + 1.
+    t[:4] = [0, 0, mw + 1, mw + 1]
+    invert[:4] = [False, True, False, True]
+    return Dense("fc", weights, Thresholds(t, invert))
+
+
+def input_beats(rng: np.random.Generator, x: np.ndarray, width: int) -> list[dict]:
+    """Beats of input vectors, with random (must-be-ignored) pad bits in each last beat."""
+    n = x.shape[1]
+    beats = -(-n // width)
+    out = []
+    for row in x:
+        padded = np.concatenate([row, rng.integers(0, 2, beats * width - n)])
+        words = packing.pack_words(padded, width)
+        out += [{"data": w, "last": int(k == beats - 1)} for k, w in enumerate(words)]
+    return out
+
+
+def expected_beats(layer: Dense, pe: int, x: np.ndarray) -> list[tuple[int, int]]:
+    """Golden ``(data, last)`` output beats of an MVTU for input vectors ``x``."""
+    counts = reference.popcounts(x, layer.weights)
+    nf = layer.out_features // pe
+    lane = 1 if not layer.is_scores else popcount_width(layer.in_features)
+    values = counts if layer.is_scores else layer.thresholds.apply(counts)
+    out = []
+    for row in values:
+        for k in range(nf):
+            word = sum(int(v) << (p * lane) for p, v in enumerate(row[k * pe:(k + 1) * pe]))
+            out.append((word, int(k == nf - 1)))
+    return out
+
+
+def simulate(layer, pe, simd, in_width, x, *, seed=0, idle=0.0, stall=0.0):
+    """Run an MVTU on ``x``; returns received ``(data, last)`` beats and their cycles."""
+    dut = MVTU(layer, pe, simd, in_width)
+    rng = random.Random(seed)
+    beats = input_beats(np.random.default_rng(seed), x, in_width)
+    n_out = len(x) * dut.nf
+    got, cycles, sent = [], [], []
+
+    async def source(ctx):
+        await send(ctx, dut.i_stream, beats, rng=rng, idle=idle, cycles=sent)
+
+    async def sink(ctx):
+        payloads = await recv(ctx, dut.o_stream, n_out, rng=random.Random(seed + 1), stall=stall,
+                              cycles=cycles)
+        got.extend((int(p.data), int(p.last)) for p in payloads)
+
+    run(dut, source, sink, checked=(dut.i_stream, dut.o_stream))
+    return dut, got, cycles, sent
+
+
+FOLDINGS = [
+    # (mh, mw, pe, simd, in_width)
+    (12, 24, 1, 1, 5),  # fully serial
+    (12, 24, 2, 4, 8),
+    (12, 24, 4, 8, 3),
+    (12, 24, 3, 24, 24),  # SF = 1, whole vector per beat
+    (12, 24, 12, 2, 1),  # NF = 1, one bit per beat
+    (12, 24, 12, 24, 7),  # fully parallel: a one-word memory
+]
+
+
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), FOLDINGS)
+def test_thresholds_random_stalls(mh, mw, pe, simd, in_width):
+    rng = np.random.default_rng(mh * 1000 + pe * 100 + simd)
+    layer = random_layer(rng, mh, mw)
+    vectors = 8 if pe * simd == 1 else 24
+    x = rng.integers(0, 2, (vectors, mw))
+    _, got, _, _ = simulate(layer, pe, simd, in_width, x, seed=pe + simd, idle=0.3, stall=0.3)
+    assert got == expected_beats(layer, pe, x)
+
+
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
+    (10, 24, 1, 4, 6),
+    (10, 24, 5, 8, 8),
+    (10, 24, 10, 24, 24),
+])
+def test_scores_mode(mh, mw, pe, simd, in_width):
+    rng = np.random.default_rng(7 + pe)
+    layer = random_layer(rng, mh, mw, scores=True)
+    x = rng.integers(0, 2, (20, mw))
+    # Include the extreme counts 0 and mw, which need the full count width.
+    x[0], x[1] = layer.weights[0], 1 - layer.weights[0]
+    dut, got, _, _ = simulate(layer, pe, simd, in_width, x, seed=3, idle=0.25, stall=0.4)
+    assert dut.out_width == pe * popcount_width(mw)
+    assert got == expected_beats(layer, pe, x)
+
+
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
+    (16, 32, 2, 8, 4),  # input beats (8) well under the 32 compute cycles
+    (16, 16, 4, 16, 4),  # input beats == NF*SF == 4: the load bypass must avoid a bubble
+    (8, 8, 8, 4, 8),  # two cycles per vector
+])
+def test_throughput_and_latency(mh, mw, pe, simd, in_width):
+    rng = np.random.default_rng(11)
+    layer = random_layer(rng, mh, mw)
+    x = rng.integers(0, 2, (40, mw))
+    dut, got, cycles, sent = simulate(layer, pe, simd, in_width, x)
+    assert got == expected_beats(layer, pe, x)
+    tails = [c for c, (_, last) in zip(cycles, got, strict=True) if last]
+    # Steady state is exactly one (nf, sf) step per cycle: no bubble between vectors.
+    assert np.all(np.diff(tails) == dut.cycles)
+    assert cycles[0] - sent[dut.beats - 1] == dut.LATENCY + dut.sf - 1
+
+
+def test_popcount_exhaustive():
+    """The adder tree against Python's bit count, for every width up to 9 and every value."""
+    for width in range(1, 10):
+        m = Module()
+        i = Signal(width)
+        o = Signal(popcount_width(width))
+        m.d.comb += o.eq(popcount(i))
+
+        async def bench(ctx, i=i, o=o, width=width):
+            for v in range(1 << width):
+                ctx.set(i, v)
+                assert ctx.get(o) == bin(v).count("1")
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()
+
+
+class _Misbehaving(wiring.Component):
+    """Drops valid and changes the payload without waiting for ready."""
+
+    def __init__(self):
+        super().__init__({"o_stream": Out(stream.Signature(beat_layout(4)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        count = Signal(4)
+        m.d.sync += count.eq(count + 1)
+        m.d.comb += [self.o_stream.valid.eq(count[1]), self.o_stream.p.data.eq(count)]
+        return m
+
+
+def test_rule_checker_catches_violation():
+    dut = _Misbehaving()
+
+    # The checker alone, as the critical testbench: it must end the simulation by failing.
+    with pytest.raises(AssertionError, match="bad: .* before"):
+        run(dut, rule_checker(dut.o_stream, "bad"))
+
+
+def test_valid_and_payload_hold_under_backpressure():
+    """Heavy back-pressure on the output: every offered beat must wait unchanged."""
+    rng = np.random.default_rng(5)
+    layer = random_layer(rng, 8, 16)
+    x = rng.integers(0, 2, (12, 16))
+    _, got, _, _ = simulate(layer, 2, 4, 8, x, seed=9, stall=0.85)
+    assert got == expected_beats(layer, 2, x)
