@@ -64,10 +64,26 @@ class _Chain:
             elif op == "Div":
                 x = a / b
             elif op == "BatchNormalization":
-                scale, bias, mean, var, eps = c
-                x = (x - mean) / np.sqrt(var + eps) * scale + bias
+                x = _batchnorm(x, *c)
             x = np.asarray(x, np.float32)
         return x
+
+
+def _batchnorm(x, scale, bias, mean, var, eps):
+    """Eval-mode BatchNorm exactly as PyTorch computes it on the CPU.
+
+    PyTorch folds the statistics in float32 (``invstd = 1/sqrt(var + eps)``,
+    ``alpha = invstd * weight``, ``beta = bias - mean * alpha``) and then evaluates
+    ``x * alpha + beta`` with a fused multiply-add, i.e. rounded once. We evaluate that sum
+    exactly in float64 (``x * alpha`` is exact there for our integer ``x``), so the sign, which
+    is all a threshold needs, is the model's own even at exact ties. onnxruntime rounds the
+    product first and can differ from PyTorch by one ulp at a tie; we follow the trained model.
+    """
+    invstd = np.float32(1.0) / np.sqrt(var + eps, dtype=np.float32)
+    alpha = (invstd * scale).astype(np.float32)
+    beta = (bias - mean * alpha).astype(np.float32)
+    return (x.astype(np.float64) * alpha.astype(np.float64) + beta.astype(np.float64)).astype(
+        np.float32)
 
 
 @dataclass
