@@ -160,7 +160,6 @@ def cmd_build(args) -> None:
 # -- infer ------------------------------------------------------------------------------------
 
 def cmd_infer(args) -> None:
-    from .driver import Accelerator
     from .inputs import load_array, to_bits
     from .ir import Network
 
@@ -172,6 +171,8 @@ def cmd_infer(args) -> None:
     build = Path(args.build or (device[4:] if device.startswith("sim:") else "."))
     net = Network.load(build)
     bits = to_bits(net, load_array(args.inputs), args.inputs)
+    from .driver import Accelerator
+
     with Accelerator.open(device, expected_id=expected) as acc:
         classes, _scores = acc.predict(bits)
     text = "\n".join(str(int(c)) for c in classes)
