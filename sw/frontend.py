@@ -65,6 +65,8 @@ class _Chain:
                 x = a / b
             elif op == "BatchNormalization":
                 x = _batchnorm(x, *c)
+            elif op == "PRelu":
+                x = np.where(x >= 0, x, x * c)
             x = np.asarray(x, np.float32)
         return x
 
@@ -104,7 +106,7 @@ class _Acc:
     node: str
 
 
-_ELEMENTWISE = {"Mul", "Add", "Sub", "Div"}
+_ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "PRelu"}
 _PASS = {"Identity", "Dropout"}
 
 
@@ -221,10 +223,13 @@ def _visit(node, values, state, pixel_max, input_scale):
         values[out] = _bipolar(node, args, state, pixel_max, input_scale)
     elif op in ("MatMul", "Gemm"):
         values[out] = _matmul(node, op, args, attrs)
+    elif op in ("Conv", "MaxPool"):
+        raise FrontendError(f"{op} layers are not supported by this version of the compiler "
+                            "and hardware generator yet (dense 1W1A networks only)")
     else:
         raise FrontendError(f"unsupported op {op!r} (bnnflow imports 1W1A dense networks: "
                             "BipolarQuant, MatMul/Gemm, BatchNormalization, elementwise "
-                            "Mul/Add/Sub/Div, Reshape/Flatten, Dropout/Identity)")
+                            "Mul/Add/Sub/Div/PRelu, Reshape/Flatten, Dropout/Identity)")
 
 
 def _fold_const(op, vals, attrs):
@@ -233,6 +238,8 @@ def _fold_const(op, vals, attrs):
     if op == "Reshape":
         return np.reshape(vals[0], vals[1])
     if op in _ELEMENTWISE:
+        if op == "PRelu":
+            return np.where(vals[0] >= 0, vals[0], vals[0] * vals[1])
         return {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}[op](*vals)
     if op in _PASS:
         return vals[0]
@@ -242,7 +249,12 @@ def _fold_const(op, vals, attrs):
 def _elementwise(op, args):
     a, b = args
     left = isinstance(a, _Const)
+    if op == "PRelu" and left:
+        raise FrontendError("PRelu needs a constant slope")
     x, c = (b, a) if left else (a, b)
+    if isinstance(a, _Acc) and isinstance(b, _Acc):
+        raise FrontendError(f"{op} of two binary layers' outputs (ABC-Net-style multiple bases "
+                            "or shortcut connections) is not supported by the hardware yet")
     if not isinstance(c, _Const):
         raise FrontendError(f"{op} of two computed tensors is not supported")
     if isinstance(x, _Pixel):
@@ -305,15 +317,18 @@ def _matmul(node, op, args, attrs):
             wv = wv.T
     if wv.ndim != 2 or wv.shape[0] != x.width:
         raise FrontendError(f"weights of shape {wv.shape} do not fit {x.width} inputs")
-    mag = np.unique(np.abs(wv))
-    if mag.size != 1 or mag[0] <= 0:
-        raise FrontendError("weights are not binary (+/-s with a single s > 0): the node's "
-                            "weights need a BipolarQuant (1-bit) quantizer")
+    # Binary weights are +/-s_j with one positive scale per output (or per tensor). A scale
+    # is a positive factor on the integer dot product; it folds into the thresholds.
+    mag = np.abs(wv)
+    col = mag.max(axis=0)
+    if np.any(col <= 0) or not np.array_equal(mag, np.broadcast_to(col, mag.shape)):
+        raise FrontendError("weights are not binary (+/-s with one s > 0 per output): the "
+                            "node's weights need a BipolarQuant (1-bit) quantizer")
     bits = (wv.T > 0).astype(np.uint8)  # (out, in)
     chain = _Chain()
-    scale = np.float32(x.scale) * np.float32(mag[0])
-    if scale != 1.0:
-        chain = chain.then("Mul", scale)
+    scale = np.float32(x.scale) * col.astype(np.float32)
+    if np.any(scale != 1.0):
+        chain = chain.then("Mul", scale if np.unique(scale).size > 1 else scale[:1])
     if op == "Gemm":
         if attrs.get("alpha", 1.0) != 1.0 or (len(args) > 2 and attrs.get("beta", 1.0) != 1.0):
             raise FrontendError("Gemm with alpha/beta != 1 is not supported")
