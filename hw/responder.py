@@ -113,7 +113,8 @@ class Responder(wiring.Component):
     Attributes
     ----------
     req : In(stream.Signature(RequestLayout))
-        Accepted once the response is sent and the replay is idle.
+        Accepted as soon as the buffer is no longer needed: at once for IDENTIFY and errors,
+        after the replay for INFER, so the next request can arrive during the response.
     replay : Out(ReplaySignature)
     core_out : In(stream.Signature(out_layout))
     o : Out(stream.Signature(TxByteLayout))
@@ -143,7 +144,9 @@ class Responder(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         info = self.info
-        req = self.req.payload
+        new = self.req.payload
+        req = Signal(RequestLayout)  # latched, so FrameRx may take the next request early
+        holding = Signal()  # the request's images are still being replayed from the buffer
         mode = Signal(_Mode)
         code = Signal(ErrorCode, init=ErrorCode.BAD_CRC)
         pos = Signal(range(5 + DeviceInfo.SIZE))  # header, then payload byte index + 4
@@ -160,26 +163,33 @@ class Responder(wiring.Component):
         m.d.comb += ident_at.eq(pos - 4)
         rec_last = rec_byte == info.record_size - 1
 
+        # The buffer is free once the core has taken every image, before the records are sent.
+        with m.If(holding & ~self.replay.busy):
+            m.d.comb += self.req.ready.eq(1)
+            m.d.sync += holding.eq(0)
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.req.valid):
-                    m.d.sync += [pos.eq(0), rec_byte.eq(0), rec_count.eq(0)]
+                    m.d.sync += [pos.eq(0), rec_byte.eq(0), rec_count.eq(0), req.eq(new)]
                     m.next = "SEND"
-                    with m.If(req.error):
-                        m.d.sync += [mode.eq(_Mode.ERROR), code.eq(req.code)]
-                    with m.Elif(req.cmd == Command.IDENTIFY):
+                    with m.If(new.error):
+                        m.d.sync += [mode.eq(_Mode.ERROR), code.eq(new.code)]
+                    with m.Elif(new.cmd == Command.IDENTIFY):
                         m.d.sync += [mode.eq(_Mode.IDENTIFY), code.eq(ErrorCode.BAD_LENGTH)]
-                        with m.If(req.length != 0):
+                        with m.If(new.length != 0):
                             m.d.sync += mode.eq(_Mode.ERROR)
-                    with m.Elif(req.cmd == Command.INFER):
+                    with m.Elif(new.cmd == Command.INFER):
                         m.d.sync += [mode.eq(_Mode.INFER), code.eq(ErrorCode.BAD_LENGTH)]
-                        with m.If(req.aligned & (req.units != 0)):
-                            m.d.comb += [self.replay.start.eq(1),
-                                         self.replay.count.eq(req.units)]
+                        with m.If(new.aligned & (new.units != 0)):
+                            m.d.comb += [self.replay.start.eq(1), self.replay.count.eq(new.units)]
+                            m.d.sync += holding.eq(1)
                         with m.Else():
                             m.d.sync += mode.eq(_Mode.ERROR)
                     with m.Else():
                         m.d.sync += [mode.eq(_Mode.ERROR), code.eq(ErrorCode.UNKNOWN_COMMAND)]
+                    with m.If(~self.replay.start):
+                        m.d.comb += self.req.ready.eq(1)
             with m.State("SEND"):
                 body = self.o.payload
                 with m.If(pos < 4):
@@ -204,9 +214,5 @@ class Responder(wiring.Component):
                         with m.If(rec_last):
                             m.d.sync += rec_count.eq(rec_count + 1)
                     with m.If(body.last):
-                        m.next = "DONE"
-            with m.State("DONE"):
-                with m.If(~self.replay.busy):
-                    m.d.comb += self.req.ready.eq(1)
-                    m.next = "IDLE"
+                        m.next = "IDLE"
         return m

@@ -50,7 +50,8 @@ class CompileState:
 
 
 def step_import(state: CompileState, cfg: CompileConfig) -> None:
-    state.net = import_qonnx(cfg.model)
+    if state.net is None:  # compile_model() may be handed an IR directly
+        state.net = import_qonnx(cfg.model)
     state.net.save(cfg.out)
 
 
@@ -107,11 +108,11 @@ COMPILE_STEPS: list[Callable[[CompileState, CompileConfig], None]] = [
 ]
 
 
-def compile_model(cfg: CompileConfig, progress: Callable[[str], None] | None = None
-                  ) -> CompileState:
-    """Run :data:`COMPILE_STEPS` in order."""
+def compile_model(cfg: CompileConfig, progress: Callable[[str], None] | None = None,
+                  net: Network | None = None) -> CompileState:
+    """Run :data:`COMPILE_STEPS` in order (on ``net`` instead of ``cfg.model`` if given)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    state = CompileState()
+    state = CompileState(net=net)
     for step in COMPILE_STEPS:
         name = step.__name__.removeprefix("step_")
         if progress:

@@ -44,6 +44,7 @@ __all__ = [
     "Command",
     "ErrorCode",
     "crc16",
+    "check_escaped",
     "escape",
     "encode_frame",
     "Frame",
@@ -103,6 +104,17 @@ def crc16(data: bytes, crc: int = 0xFFFF) -> int:
     return crc
 
 
+def check_escaped(escaped) -> frozenset:
+    """Validate a set of bytes to escape: it must contain ``START`` and ``ESCAPE``, and not
+    ``START ^ 0x20`` (its escaped form would be a raw START)."""
+    escaped = frozenset(escaped)
+    if not {START, ESCAPE} <= escaped:
+        raise ValueError("the escaped set must contain START (0x7E) and ESCAPE (0x7D)")
+    if START ^ ESCAPE_XOR in escaped:
+        raise ValueError(f"0x{START ^ ESCAPE_XOR:02x} cannot be escaped: it would become START")
+    return escaped
+
+
 def escape(data: bytes, escaped=DEFAULT_ESCAPED) -> bytes:
     """HDLC-style escaping of every byte of ``data`` that is in ``escaped``."""
     out = bytearray()
@@ -126,14 +138,13 @@ def encode_frame(cmd, seq: int, payload: bytes = b"", *, escaped=DEFAULT_ESCAPED
     payload : bytes
         At most 65535 bytes.
     escaped : set of int
-        Bytes to escape; must contain ``START`` and ``ESCAPE``.
+        Bytes to escape; see :func:`check_escaped`.
 
     Returns
     -------
     bytes
     """
-    if not {START, ESCAPE} <= set(escaped):
-        raise ValueError("the escaped set must contain START (0x7E) and ESCAPE (0x7D)")
+    check_escaped(escaped)
     if len(payload) > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes exceeds 65535")
     body = struct.pack("<BBH", int(getattr(cmd, "value", cmd)), seq & 0xFF, len(payload))

@@ -5,9 +5,9 @@ import random
 
 import pytest
 from amaranth.hdl import Module
+from streams import recv, run, send
 
 from bnnflow.hw.uart import UARTRx, UARTTx
-from streams import recv, run, send
 
 DIVISOR = 8
 
