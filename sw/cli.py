@@ -46,14 +46,32 @@ def _say(msg: str) -> None:
 
 # -- train ------------------------------------------------------------------------------------
 
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                       progress=not args.quiet, optimizer=args.optimizer,
+                       schedule=args.schedule, t_clip=args.t_clip,
+                       weight_scaling=args.weight_scaling, binealnet=args.binealnet,
+                       abc_bases=args.abc_bases, dropout=args.dropout)
+
+
+def _bad_options(command: str, e: ValueError) -> SystemExit:
+    _say(f"bnnflow {command}: error: {e}")
+    return SystemExit(EXIT_ERROR)
+
+
 def cmd_train(args) -> None:
     from . import datasets
-    from .train import TrainConfig, export, torch_scores, train, write_metrics
+    from .train import export, torch_scores, train, write_metrics
 
     ds = datasets.load(args.dataset, args.data_dir)
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, progress=not args.quiet)
-    result = train(ds, cfg)
+    try:
+        cfg = _train_config(args)
+        result = train(ds, cfg)
+    except ValueError as e:  # an unknown model, bad method options, too-small images
+        raise _bad_options("train", e) from None
     out = Path(args.output)
     export(result.model, ds, out / "model.onnx", args.model)
     write_metrics(out / "metrics.json", result, cfg, ds)
@@ -61,7 +79,29 @@ def cmd_train(args) -> None:
     np.savez(out / "torch_test_scores.npz", scores=torch_scores(result.model, ds, ds.x_test),
              labels=ds.y_test)
     print(f"test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs "
-          f"({result.seconds:.1f} s); wrote {out / 'model.onnx'}")
+          f"({result.seconds:.1f} s, {result.seconds_per_epoch:.2f} s/epoch); "
+          f"wrote {out / 'model.onnx'}")
+    if cfg.abc_bases > 1:
+        _say("note: ABC-Net multi-base layers are trained and evaluated in software only; "
+             "`bnnflow compile` refuses them (the hardware has no multi-base layers yet)")
+
+
+# -- ablate -----------------------------------------------------------------------------------
+
+def cmd_ablate(args) -> None:
+    from . import datasets
+    from .ablate import markdown_table, run_ablation, write_table
+
+    ds = datasets.load(args.dataset, args.data_dir)
+    variants = args.variants.split(",") if args.variants else None
+    try:
+        base = _train_config(args)
+        rows = run_ablation(ds, base, variants, log=None if args.quiet else _say)
+    except ValueError as e:
+        raise _bad_options("ablate", e) from None
+    text = markdown_table(rows, ds, base)
+    write_table(args.output, text)
+    print(text, end="")
 
 
 # -- compile ----------------------------------------------------------------------------------
@@ -196,21 +236,45 @@ def cmd_summary(args) -> None:
     print(summary_table(Path(args.run)))
 
 
+def _train_options(p, *, epochs: int, batch_size: int, dataset: str = "digits") -> None:
+    p.add_argument("--model", default="tfc", help="tfc, sfc, lfc, cnv or lenet")
+    p.add_argument("--dataset", default=dataset)
+    p.add_argument("--data-dir")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--t-clip", type=float, default=0.5,
+                   help="STE gradient clip threshold (1.0 classic)")
+    p.add_argument("--weight-scaling", choices=("none", "backward", "forward"), default="none",
+                   help="per-output-channel scale mean|W| of hidden binary layers")
+    p.add_argument("--binealnet", action="store_true",
+                   help="learnable shifts around a PReLU before each hidden sign")
+    p.add_argument("--abc-bases", type=int, default=1, metavar="M",
+                   help="ABC-Net weight bases per hidden layer (M > 1: software only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bnnflow", description=__doc__.splitlines()[0])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a 1W1A network with Brevitas and export QONNX")
-    t.add_argument("--model", default="tfc")
-    t.add_argument("--dataset", default="digits")
-    t.add_argument("--data-dir")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--seed", type=int, default=0)
+    _train_options(t, epochs=100, batch_size=32)
     t.add_argument("-o", "--output", required=True, help="run folder")
     t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("ablate", help="train each training-method variant with one budget; "
+                                      "markdown table of test accuracies")
+    _train_options(a, epochs=5, batch_size=100, dataset="fashion-mnist")
+    a.add_argument("--variants", help="comma-separated subset of: base, t_clip=1.0, "
+                                      "scale-backward, scale-forward, binealnet, abc3, sgd-step")
+    a.add_argument("-o", "--output", default="runs/ablation.md", help="markdown file")
+    a.set_defaults(func=cmd_ablate)
 
     c = sub.add_parser("compile", help="QONNX model -> IR, folding, Verilog, report")
     c.add_argument("model")

@@ -58,7 +58,16 @@ class DesignMismatch(DriverError):
 
 
 class Transport(abc.ABC):
-    """A bidirectional byte pipe to a device."""
+    """A bidirectional byte pipe to a device.
+
+    Attributes
+    ----------
+    byte_time : float
+        Upper bound of the seconds one byte takes on the link; the driver stretches its
+        timeouts by it for long frames.
+    """
+
+    byte_time: float = 0.0
 
     @abc.abstractmethod
     def write(self, data: bytes) -> None:
@@ -95,6 +104,7 @@ class SerialTransport(Transport):
         import serial  # only needed for real ports
 
         self.port = port
+        self.byte_time = 10 / baud  # 8N1
         self._serial = serial.serial_for_url(port, baudrate=baud, timeout=0)
         self._serial.reset_input_buffer()
 
@@ -164,6 +174,7 @@ class Accelerator:
         if not sep or not where:
             raise ValueError(f"{spec!r}: expected 'serial:PORT[@BAUD]' or 'sim:BUILD_DIR'")
         if kind == "serial":
+            _parse_id(expected_id)  # fail before opening the port
             port, _, baud = where.rpartition("@") if "@" in where else (where, "", "")
             transport = SerialTransport(port, int(baud) if baud else DEFAULT_BAUD)
         elif kind == "sim":
@@ -173,6 +184,7 @@ class Accelerator:
                 manifest = Path(where) / "manifest.json"
                 if manifest.is_file():
                     expected_id = json.loads(manifest.read_text()).get("design_id")
+            _parse_id(expected_id)  # fail before starting a simulation
             transport = SimTransport(where)
         else:
             raise ValueError(f"{spec!r}: unknown transport {kind!r} (serial or sim)")
@@ -198,7 +210,7 @@ class Accelerator:
 
     def identify(self) -> DeviceInfo:
         """Ask the device what it is; refuse it if its ID is not ``expected_id``."""
-        info = DeviceInfo.unpack(self._transact(Command.IDENTIFY, b""))
+        info = DeviceInfo.unpack(self._transact(Command.IDENTIFY, b"", DeviceInfo.SIZE))
         if self.expected_id is not None and info.design_id != self.expected_id:
             raise DesignMismatch(f"{self.transport!r} runs design {info.design_id.hex()}, the "
                                  f"build expects {self.expected_id.hex()}: program the board "
@@ -236,7 +248,8 @@ class Accelerator:
         scores = np.zeros((len(bits), info.num_classes), np.int64)
         for start in range(0, len(bits), info.max_images):
             chunk = bits[start:start + info.max_images]
-            payload = self._transact(Command.INFER, pack_images(chunk))
+            payload = self._transact(Command.INFER, pack_images(chunk),
+                                     len(chunk) * info.record_size)
             if len(payload) != len(chunk) * info.record_size:
                 raise DriverError(f"INFER of {len(chunk)} images returned {len(payload)} bytes, "
                                   f"expected {len(chunk) * info.record_size}")
@@ -245,11 +258,13 @@ class Accelerator:
             scores[start:start + len(chunk)] = sc
         return classes, scores
 
-    def _transact(self, cmd: Command, payload: bytes) -> bytes:
+    def _transact(self, cmd: Command, payload: bytes, response_size: int = 0) -> bytes:
         """Send a request until its response arrives; return the response payload.
 
         Every attempt gets a fresh sequence number, so a late response to an earlier attempt
         is recognized and ignored; INFER is a pure function, so a resend never changes results.
+        The wait is ``timeout`` plus the time the request and the (at worst fully escaped)
+        response take on the link.
         """
         problems = []
         for attempt in range(self.retries + 1):
@@ -257,8 +272,10 @@ class Accelerator:
                 self.retried += 1
             seq = self._seq
             self._seq = (self._seq + 1) & 0xFF
-            self.transport.write(encode_frame(cmd, seq, payload))
-            problem = self._await(cmd, seq)
+            frame = encode_frame(cmd, seq, payload)
+            wire = len(frame) + 2 * (response_size + 6)
+            self.transport.write(frame)
+            problem = self._await(cmd, seq, self.timeout + wire * self.transport.byte_time)
             if isinstance(problem, bytes):
                 return problem
             problems.append(problem)
@@ -266,10 +283,10 @@ class Accelerator:
         raise kind(f"{cmd.name} on {self.transport!r} failed {len(problems)} times: "
                    + "; ".join(problems))
 
-    def _await(self, cmd: Command, seq: int) -> bytes | str:
+    def _await(self, cmd: Command, seq: int, wait: float) -> bytes | str:
         """The response payload for ``(cmd, seq)``, or a string saying why it is worth a
         retry. Non-retryable device errors raise."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + wait
         while (remaining := deadline - time.monotonic()) > 0:
             data = self.transport.read(4096, remaining)
             for event in self._decoder.feed(data):
@@ -290,4 +307,4 @@ class Accelerator:
                 if event.cmd != cmd:
                     raise DriverError(f"{cmd.name} seq {seq} answered by {event.cmd!r}")
                 return event.payload
-        return f"no response within {self.timeout} s"
+        return f"no response within {wait:.3g} s"

