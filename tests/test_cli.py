@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,47 @@ def test_simulate_user_inputs_in_every_encoding(build, tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results["mismatches"] == 0
         assert results["predictions"] == expected.tolist(), name
+
+
+@pytest.mark.sim
+def test_infer_through_the_simulated_board(build, tmp_path):
+    """24 digits through the driver, the UART and the host link of the simulated board top."""
+    _, out = build
+    from bnnflow import datasets
+    from bnnflow.ir import Network
+    from bnnflow.reference import run
+
+    ds = datasets.load("digits")
+    x = ds.x_test[:24]
+    np.save(tmp_path / "x.npy", x)
+    proc = bnnflow("infer", "--device", f"sim:{out}", "--inputs", tmp_path / "x.npy",
+                   "-o", tmp_path / "preds.txt")
+    assert proc.returncode == 0, proc.stderr
+    preds = [int(v) for v in (tmp_path / "preds.txt").read_text().split()]
+    assert preds == run(Network.load(out), x).classes.tolist()
+    assert proc.stdout.split() == [str(p) for p in preds]
+
+
+def test_bitstream_build_grows_with_the_network(build, tmp_path):
+    """Two real yosys + nextpnr + ecppack builds: the TFC and a tiny net with the same host link."""
+    from netutil import random_net
+
+    from bnnflow.flow import CompileConfig, compile_model
+
+    _, out = build
+    tiny = tmp_path / "tiny"
+    compile_model(CompileConfig(Path("unused.onnx"), tiny), net=random_net((64, 8, 4)))
+    reports = {}
+    for name, folder in (("tfc", out), ("tiny", tiny)):
+        proc = bnnflow("build", folder, "--board", "ulx3s-85f")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports[name] = json.loads((folder / "report.json").read_text())
+        report = reports[name]
+        for key in ("lut4", "ff", "ebr", "dsp", "fmax_mhz", "target_mhz"):
+            assert isinstance(report[key], (int, float)), key
+        assert report["fmax_mhz"] >= report["target_mhz"] == 25.0
+        assert (folder / "ulx3s-85f.bit").stat().st_size > 100_000
+    tfc, small = reports["tfc"], reports["tiny"]
+    # The TFC's 3 x 64 x 64 + 640 weights must be there in logic or block RAM.
+    assert tfc["lut4"] > small["lut4"] + 1500
+    assert tfc["ff"] > small["ff"]
