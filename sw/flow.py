@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import GENERATOR_VERSION
-from .folding import Folding, default_folding
+from .folding import DEFAULT_TARGET_CYCLES, Folding, default_folding
 from .frontend import import_qonnx
 from .ir import Network
 from .manifest import Manifest, design_id
@@ -40,6 +40,7 @@ class CompileConfig:
     folding: Path | None = None
     in_width: int = 8
     sim_divisor: int = SIM_DIVISOR
+    target_cycles: int = DEFAULT_TARGET_CYCLES
 
 
 @dataclass
@@ -59,7 +60,7 @@ def step_fold(state: CompileState, cfg: CompileConfig) -> None:
     if cfg.folding is not None:
         state.folding = Folding.load(cfg.folding, state.net)
     else:
-        state.folding = default_folding(state.net)
+        state.folding = default_folding(state.net, cfg.target_cycles)
     state.folding.save(cfg.out / "folding.json")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .ir import Network
 
-__all__ = ["FoldingError", "LayerFold", "Folding", "default_folding", "divisors"]
+__all__ = ["DEFAULT_TARGET_CYCLES", "FoldingError", "LayerFold", "Folding", "default_folding",
+           "divisors"]
 
 #: Target cycles per frame of the default folding: every layer folded (neither fully parallel
 #: nor fully serial) and the pipeline balanced around this figure.

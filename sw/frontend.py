@@ -172,11 +172,7 @@ def import_qonnx(path: str | Path, *, pixel_max: int | None = None,
     if not isinstance(out, _Acc):
         raise FrontendError(f"{path}: the output {graph.output[0].name!r} is not the accumulator "
                             "of a binary layer")
-    dots = np.arange(-out.weights.shape[1], out.weights.shape[1] + 1, dtype=np.float32)[:, None]
-    if not np.array_equal(out.chain(dots), np.broadcast_to(dots, out.chain(dots).shape)):
-        raise FrontendError(f"{path}: node {out.node!r}: the final layer applies a float "
-                            "transform to its scores (scale, bias or norm); only integer scores "
-                            "are supported yet")
+    state["score_map"] = _score_map(out)
     name = f"fc{len(state['layers'])}"
     state["nodes"][name] = out.node
     state["layers"].append(Dense(name, out.weights, None))
@@ -184,9 +180,38 @@ def import_qonnx(path: str | Path, *, pixel_max: int | None = None,
         raise FrontendError(f"{path}: the input never reaches a binary quantizer (BipolarQuant); "
                             "integer-input first layers are not supported yet")
     name = meta.get(METADATA_PREFIX + "model", path.stem)
-    return Network(state["input"], tuple(state["layers"]), name,
-                   {"source": str(path.name), "producer": model.producer_name,
-                    "onnx_nodes": state["nodes"]})
+    meta = {"source": str(path.name), "producer": model.producer_name,
+            "onnx_nodes": state["nodes"]}
+    if state["score_map"] is not None:
+        meta["score_map"] = state["score_map"]
+    return Network(state["input"], tuple(state["layers"]), name, meta)
+
+
+def _score_map(out: _Acc) -> dict | None:
+    """What the float model does to the final integer dot products.
+
+    ``None`` when the scores are the integer dots themselves. A per-tensor map that is strictly
+    increasing over the reachable dots (bnn_pynq's TensorNorm, a positive scale) keeps every
+    argmax, ties included, so the IR keeps integer scores and records the map as
+    ``model score ~= scale * dot + offset``. Anything else cannot be represented.
+    """
+    n = out.weights.shape[1]
+    dots = np.arange(-n, n + 1, 2, dtype=np.float32)[:, None]
+    values = np.broadcast_to(out.chain(dots), (len(dots), out.weights.shape[0]))
+    if np.array_equal(values, np.broadcast_to(dots, values.shape)):
+        return None
+    if not np.all(values == values[:, :1]):
+        raise FrontendError(f"node {out.node!r}: the final layer applies a different float "
+                            "transform to each class; only one increasing map for all classes "
+                            "keeps the integer scores' argmax")
+    col = values[:, 0].astype(np.float64)
+    if not np.all(np.diff(col) > 0):
+        raise FrontendError(f"node {out.node!r}: the final layer's float transform is not "
+                            "strictly increasing (a negative or zero scale), so the argmax of "
+                            "the integer scores would differ from the model's")
+    scale = (col[-1] - col[0]) / (2 * n)
+    mid = len(col) // 2
+    return {"scale": float(scale), "offset": float(col[mid] - scale * float(dots[mid, 0]))}
 
 
 def _visit(node, values, state, pixel_max, input_scale):
@@ -223,6 +248,10 @@ def _visit(node, values, state, pixel_max, input_scale):
         values[out] = _bipolar(node, args, state, pixel_max, input_scale)
     elif op in ("MatMul", "Gemm"):
         values[out] = _matmul(node, op, args, attrs)
+    elif op == "Quant":
+        raise FrontendError("multi-bit quantizer (Quant): integer-input first layers and "
+                            "multi-bit activations are not supported by this version of the "
+                            "compiler and hardware generator yet (1-bit BipolarQuant only)")
     elif op in ("Conv", "MaxPool"):
         raise FrontendError(f"{op} layers are not supported by this version of the compiler "
                             "and hardware generator yet (dense 1W1A networks only)")
@@ -237,6 +266,8 @@ def _fold_const(op, vals, attrs):
         return np.transpose(vals[0], attrs.get("perm"))
     if op == "Reshape":
         return np.reshape(vals[0], vals[1])
+    if op == "Pow":
+        return np.power(vals[0], vals[1]).astype(np.asarray(vals[0]).dtype)
     if op in _ELEMENTWISE:
         if op == "PRelu":
             return np.where(vals[0] >= 0, vals[0], vals[0] * vals[1])

@@ -39,9 +39,13 @@ def to_bits(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
     """Input bits ``(N, features)`` uint8 for any accepted encoding of ``x``."""
     spec = net.input
     x = np.asarray(x)
-    if x.ndim == len(spec.shape):  # a single image
-        x = x[None]
-    if x.shape[1:] != spec.shape and (x.ndim != 2 or x.shape[1] != spec.size):
+    def squeezed(shape):  # (1, 28, 28) and (28, 28) are the same image layout
+        return tuple(d for d in shape if d != 1)
+
+    if x.size == spec.size and squeezed(x.shape) == squeezed(spec.shape):  # a single image
+        x = x.reshape((1, *spec.shape))
+
+    if squeezed(x.shape[1:]) != squeezed(spec.shape) and (x.ndim != 2 or x.shape[1] != spec.size):
         raise InputError(f"{source}: shape {x.shape} does not match the network's input: expected "
                          f"(N, {', '.join(map(str, spec.shape))}) or (N, {spec.size})")
     x = x.reshape(len(x), -1)
