@@ -24,10 +24,11 @@ from pathlib import Path
 from . import GENERATOR_VERSION
 from .folding import DEFAULT_TARGET_CYCLES, Folding, default_folding
 from .frontend import import_qonnx
-from .ir import Network
+from .ir import Dense, Network
 from .manifest import Manifest, design_id
 
-__all__ = ["CompileConfig", "COMPILE_STEPS", "compile_model", "load_build", "update_report"]
+__all__ = ["CompileConfig", "CompileError", "COMPILE_STEPS", "compile_model", "load_build",
+           "update_report"]
 
 #: UART clocks per bit of the simulated board top: fast to simulate, same bytes as a board.
 SIM_DIVISOR = 8
@@ -54,6 +55,23 @@ def step_import(state: CompileState, cfg: CompileConfig) -> None:
     if state.net is None:  # compile_model() may be handed an IR directly
         state.net = import_qonnx(cfg.model)
     state.net.save(cfg.out)
+
+
+class CompileError(ValueError):
+    """A network the hardware generator cannot build (yet)."""
+
+
+def step_check(state: CompileState, cfg: CompileConfig) -> None:
+    """Stop before folding if a layer needs hardware the generator does not have yet."""
+    for layer in state.net.layers:
+        kind = type(layer).__name__
+        if not isinstance(layer, Dense):
+            raise CompileError(f"{cfg.model}: layer {layer.name} ({kind}): the hardware "
+                               "generator does not support convolution or pooling layers yet; "
+                               f"the IR in {cfg.out} runs in the reference executor")
+        if layer.integer_input:
+            raise CompileError(f"{cfg.model}: layer {layer.name} ({kind}, integer input): the "
+                               "hardware generator supports binary-input layers only yet")
 
 
 def step_fold(state: CompileState, cfg: CompileConfig) -> None:
@@ -105,7 +123,7 @@ def step_report(state: CompileState, cfg: CompileConfig) -> None:
 
 
 COMPILE_STEPS: list[Callable[[CompileState, CompileConfig], None]] = [
-    step_import, step_fold, step_core, step_top, step_report,
+    step_import, step_check, step_fold, step_core, step_top, step_report,
 ]
 
 

@@ -5,14 +5,15 @@ The importer walks the ONNX graph in order and tracks what each tensor *is*:
 * a constant (initializers, ``Constant`` nodes, and ops on constants);
 * the input as a float function of an integer pixel (``pixel * input_scale`` then whatever
   elementwise arithmetic the model applies, e.g. bnn_pynq's ``2x - 1``);
-* binary activations (the output of a ``BipolarQuant``), with their positive scale;
-* a binary layer's accumulator followed by a chain of elementwise float ops (scales,
-  BatchNorm, biases).
+* integer input levels (the output of a multi-bit ``Quant`` on the input), with their scale;
+* binary activations (the output of a ``BipolarQuant``), with their positive scale and shape;
+* a binary layer's accumulator (dense or conv) followed by a chain of elementwise float ops
+  (scales, BatchNorm, biases, PReLU).
 
-When a ``BipolarQuant`` closes a chain, the chain is evaluated in float32 on every reachable
-integer value (every pixel value for the input, every popcount for a layer) and the IR keeps
-the resulting integer thresholds (:mod:`bnnflow.thresholds`). Nothing is approximated, so the
-IR reproduces the float model at every reachable value.
+When a ``BipolarQuant`` closes a chain, the chain is evaluated in float on every reachable
+integer value (every pixel value for the input, every accumulator value for a layer) and the
+IR keeps the resulting integer thresholds (:mod:`bnnflow.thresholds`). Nothing is
+approximated, so the IR reproduces the float model at every reachable value.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .ir import Dense, InputSpec, Network
-from .thresholds import ThresholdError, bn_sign_table, derive_thresholds
+from .chain import Chain
+from .ir import Conv, Dense, InputSpec, MaxPool, Network
+from .thresholds import ThresholdError, derive_thresholds, sign_table
 
 __all__ = ["FrontendError", "import_qonnx", "METADATA_PREFIX"]
 
@@ -43,71 +45,50 @@ class _Const:
 
 
 @dataclass
-class _Chain:
-    """A float function applied elementwise after a source value (pixel or accumulator)."""
-
-    ops: list = field(default_factory=list)  # (op, const ndarray, const_is_left)
-
-    def then(self, op: str, const: np.ndarray, left: bool = False) -> _Chain:
-        return _Chain(self.ops + [(op, np.asarray(const, np.float32), left)])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        for op, c, left in self.ops:
-            a, b = (c, x) if left else (x, c)
-            if op == "Mul":
-                x = a * b
-            elif op == "Add":
-                x = a + b
-            elif op == "Sub":
-                x = a - b
-            elif op == "Div":
-                x = a / b
-            elif op == "BatchNormalization":
-                x = _batchnorm(x, *c)
-            elif op == "PRelu":
-                x = np.where(x >= 0, x, x * c)
-            x = np.asarray(x, np.float32)
-        return x
-
-
-def _batchnorm(x, scale, bias, mean, var, eps):
-    """Eval-mode BatchNorm exactly as PyTorch computes it on the CPU.
-
-    PyTorch folds the statistics in float32 (``invstd = 1/sqrt(var + eps)``,
-    ``alpha = invstd * weight``, ``beta = bias - mean * alpha``) and then evaluates
-    ``x * alpha + beta`` with a fused multiply-add, i.e. rounded once. We evaluate that sum
-    exactly in float64 (``x * alpha`` is exact there for our integer ``x``), so the sign, which
-    is all a threshold needs, is the model's own even at exact ties. onnxruntime rounds the
-    product first and can differ from PyTorch by one ulp at a tie; we follow the trained model.
-    """
-    invstd = np.float32(1.0) / np.sqrt(var + eps, dtype=np.float32)
-    alpha = (invstd * scale).astype(np.float32)
-    beta = (bias - mean * alpha).astype(np.float32)
-    return (x.astype(np.float64) * alpha.astype(np.float64) + beta.astype(np.float64)).astype(
-        np.float32)
+class _Pixel:
+    chain: Chain
 
 
 @dataclass
-class _Pixel:
-    chain: _Chain
+class _Levels:
+    """Integer input levels: the value is ``level(pixel) * scale``."""
+
+    scale: float
+    shape: tuple
 
 
 @dataclass
 class _Bits:
+    """Binary activations: the value is ``+/-scale``; ``pad`` is an explicit (size, +/-1)."""
+
     scale: float
-    width: int
+    shape: tuple
+    pad: tuple[int, int] | None = None
 
 
 @dataclass
 class _Acc:
-    weights: np.ndarray  # (out, in) bits
-    chain: _Chain
+    """A binary layer's accumulator followed by a float chain."""
+
+    kind: str  # "dense" | "conv"
+    weights: np.ndarray  # bits: (out, in) or (out, in, k, k)
+    chain: Chain
     node: str
+    integer: bool
+    conv: dict = field(default_factory=dict)  # in_shape, stride, padding, pad_value
+
+    @property
+    def channels(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        return int(np.prod(self.weights.shape[1:]))
 
 
 _ELEMENTWISE = {"Mul", "Add", "Sub", "Div", "PRelu"}
 _PASS = {"Identity", "Dropout"}
+_FOLD = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}
 
 
 def _load(path: Path) -> onnx.ModelProto:
@@ -120,15 +101,6 @@ def _load(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise FrontendError(f"{path}: the ONNX graph has no nodes")
     return model
-
-
-def _input_domain(model, pixel_max, input_scale):
-    meta = {p.key: p.value for p in model.metadata_props}
-    if pixel_max is None:
-        pixel_max = int(meta.get(METADATA_PREFIX + "pixel_max", 255))
-    if input_scale is None:
-        input_scale = float(meta.get(METADATA_PREFIX + "input_scale", 1.0 / pixel_max))
-    return pixel_max, input_scale, meta
 
 
 def import_qonnx(path: str | Path, *, pixel_max: int | None = None,
@@ -146,7 +118,11 @@ def import_qonnx(path: str | Path, *, pixel_max: int | None = None,
     """
     path = Path(path)
     model = _load(path)
-    pixel_max, input_scale, meta = _input_domain(model, pixel_max, input_scale)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if pixel_max is None:
+        pixel_max = int(meta.get(METADATA_PREFIX + "pixel_max", 255))
+    if input_scale is None:
+        input_scale = float(meta.get(METADATA_PREFIX + "input_scale", 1.0 / pixel_max))
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
@@ -159,32 +135,34 @@ def import_qonnx(path: str | Path, *, pixel_max: int | None = None,
 
     values: dict[str, object] = {
         t.name: _Const(numpy_helper.to_array(t)) for t in graph.initializer}
-    values[inputs[0].name] = _Pixel(_Chain())
-    state = {"input": None, "layers": [], "nodes": {}, "shape": tuple(dims)}
+    values[inputs[0].name] = _Pixel(Chain())
+    state = {"input": None, "layers": [], "nodes": {}, "shape": tuple(dims),
+             "pixel_max": pixel_max, "input_scale": input_scale}
     for node in graph.node:
         where = f"{path}: node {node.name or node.output[0]!r} ({node.op_type})"
         try:
-            _visit(node, values, state, pixel_max, input_scale)
+            _visit(node, values, state)
         except (FrontendError, ThresholdError) as e:
             raise FrontendError(f"{where}: {e}") from None
 
     out = values.get(graph.output[0].name)
-    if not isinstance(out, _Acc):
+    if not isinstance(out, _Acc) or out.kind != "dense":
         raise FrontendError(f"{path}: the output {graph.output[0].name!r} is not the accumulator "
-                            "of a binary layer")
-    state["score_map"] = _score_map(out)
-    name = f"fc{len(state['layers'])}"
-    state["nodes"][name] = out.node
-    state["layers"].append(Dense(name, out.weights, None))
+                            "of a binary dense layer")
     if state["input"] is None:
-        raise FrontendError(f"{path}: the input never reaches a binary quantizer (BipolarQuant); "
-                            "integer-input first layers are not supported yet")
-    name = meta.get(METADATA_PREFIX + "model", path.stem)
-    meta = {"source": str(path.name), "producer": model.producer_name,
+        raise FrontendError(f"{path}: the input never reaches a quantizer (BipolarQuant or "
+                            "Quant)")
+    try:
+        score_map = _score_map(out)
+    except FrontendError as e:
+        raise FrontendError(f"{path}: {e}") from None
+    _add_layer(state, out, None)
+    info = {"source": str(path.name), "producer": model.producer_name,
             "onnx_nodes": state["nodes"]}
-    if state["score_map"] is not None:
-        meta["score_map"] = state["score_map"]
-    return Network(state["input"], tuple(state["layers"]), name, meta)
+    if score_map is not None:
+        info["score_map"] = score_map
+    return Network(state["input"], tuple(state["layers"]),
+                   meta.get(METADATA_PREFIX + "model", path.stem), info)
 
 
 def _score_map(out: _Acc) -> dict | None:
@@ -195,9 +173,9 @@ def _score_map(out: _Acc) -> dict | None:
     argmax, ties included, so the IR keeps integer scores and records the map as
     ``model score ~= scale * dot + offset``. Anything else cannot be represented.
     """
-    n = out.weights.shape[1]
+    n = out.fan_in
     dots = np.arange(-n, n + 1, 2, dtype=np.float32)[:, None]
-    values = np.broadcast_to(out.chain(dots), (len(dots), out.weights.shape[0]))
+    values = np.broadcast_to(out.chain(dots), (len(dots), out.channels))
     if np.array_equal(values, np.broadcast_to(dots, values.shape)):
         return None
     if not np.all(values == values[:, :1]):
@@ -214,11 +192,11 @@ def _score_map(out: _Acc) -> dict | None:
     return {"scale": float(scale), "offset": float(col[mid] - scale * float(dots[mid, 0]))}
 
 
-def _visit(node, values, state, pixel_max, input_scale):
+def _visit(node, values, state):
     op = node.op_type
     args = [values.get(i) if i else None for i in node.input]
-    if any(a is None for a, name in zip(args, node.input, strict=True) if name):
-        missing = [n for a, n in zip(args, node.input, strict=True) if n and a is None]
+    missing = [n for a, n in zip(args, node.input, strict=True) if n and a is None]
+    if missing:
         raise FrontendError(f"input(s) {missing} come from an unsupported branch")
     out = node.output[0]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -230,10 +208,7 @@ def _visit(node, values, state, pixel_max, input_scale):
     elif op in _PASS:
         values[out] = args[0]
     elif op in ("Reshape", "Flatten"):
-        src = args[0]
-        if not isinstance(src, (_Pixel, _Bits)):
-            raise FrontendError("reshape of an accumulator is not supported")
-        values[out] = src
+        values[out] = _reshape(op, args, attrs)
     elif op in _ELEMENTWISE:
         values[out] = _elementwise(op, args)
     elif op == "BatchNormalization":
@@ -241,24 +216,25 @@ def _visit(node, values, state, pixel_max, input_scale):
         if not isinstance(x, _Acc) or not all(isinstance(a, _Const) for a in args[1:5]):
             raise FrontendError("BatchNormalization must follow a binary layer")
         eps = np.float32(attrs.get("epsilon", 1e-5))
-        bn = np.stack([np.asarray(a.value, np.float32) for a in args[1:5]] +
-                      [np.full_like(np.asarray(args[1].value, np.float32), eps)])
-        values[out] = _Acc(x.weights, x.chain.then("BatchNormalization", bn), x.node)
+        bn = np.stack([np.asarray(a.value, np.float32).reshape(-1) for a in args[1:5]] +
+                      [np.full(x.channels, eps, np.float32)])
+        values[out] = _Acc(x.kind, x.weights, x.chain.then("BatchNormalization", bn), x.node,
+                           x.integer, x.conv)
     elif op == "BipolarQuant":
-        values[out] = _bipolar(node, args, state, pixel_max, input_scale)
-    elif op in ("MatMul", "Gemm"):
-        values[out] = _matmul(node, op, args, attrs)
+        values[out] = _bipolar(args, state)
     elif op == "Quant":
-        raise FrontendError("multi-bit quantizer (Quant): integer-input first layers and "
-                            "multi-bit activations are not supported by this version of the "
-                            "compiler and hardware generator yet (1-bit BipolarQuant only)")
-    elif op in ("Conv", "MaxPool"):
-        raise FrontendError(f"{op} layers are not supported by this version of the compiler "
-                            "and hardware generator yet (dense 1W1A networks only)")
+        values[out] = _quant(args, attrs, state)
+    elif op in ("MatMul", "Gemm", "Conv"):
+        values[out] = _layer(node, op, args, attrs)
+    elif op == "MaxPool":
+        values[out] = _maxpool(args[0], attrs, state)
+    elif op == "Pad":
+        values[out] = _pad(args, attrs)
     else:
-        raise FrontendError(f"unsupported op {op!r} (bnnflow imports 1W1A dense networks: "
-                            "BipolarQuant, MatMul/Gemm, BatchNormalization, elementwise "
-                            "Mul/Add/Sub/Div/PRelu, Reshape/Flatten, Dropout/Identity)")
+        raise FrontendError(f"unsupported op {op!r} (bnnflow imports 1W1A networks: "
+                            "BipolarQuant, Quant on the input, MatMul/Gemm, Conv, MaxPool, Pad, "
+                            "BatchNormalization, elementwise Mul/Add/Sub/Div/PRelu, "
+                            "Reshape/Flatten, Dropout/Identity)")
 
 
 def _fold_const(op, vals, attrs):
@@ -268,13 +244,25 @@ def _fold_const(op, vals, attrs):
         return np.reshape(vals[0], vals[1])
     if op == "Pow":
         return np.power(vals[0], vals[1]).astype(np.asarray(vals[0]).dtype)
-    if op in _ELEMENTWISE:
-        if op == "PRelu":
-            return np.where(vals[0] >= 0, vals[0], vals[0] * vals[1])
-        return {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}[op](*vals)
+    if op == "PRelu":
+        return np.where(vals[0] >= 0, vals[0], vals[0] * vals[1])
+    if op in _FOLD:
+        return _FOLD[op](*vals)
     if op in _PASS:
         return vals[0]
     raise FrontendError(f"unsupported op {op!r} on constants")
+
+
+def _reshape(op, args, attrs):
+    x = args[0]
+    if isinstance(x, _Pixel):  # the input keeps its own shape; layers check sizes
+        return x
+    if not isinstance(x, _Bits):
+        raise FrontendError("reshape of anything but binary activations is not supported")
+    target = attrs.get("axis", 1) if op == "Flatten" else np.asarray(args[1].value)
+    if (op == "Flatten" and target != 1) or (op == "Reshape" and len(target) != 2):
+        raise FrontendError("only flattening (N, C, H, W) to (N, C*H*W) is supported")
+    return _Bits(x.scale, (int(np.prod(x.shape)),))
 
 
 def _elementwise(op, args):
@@ -282,10 +270,10 @@ def _elementwise(op, args):
     left = isinstance(a, _Const)
     if op == "PRelu" and left:
         raise FrontendError("PRelu needs a constant slope")
-    x, c = (b, a) if left else (a, b)
     if isinstance(a, _Acc) and isinstance(b, _Acc):
         raise FrontendError(f"{op} of two binary layers' outputs (ABC-Net-style multiple bases "
                             "or shortcut connections) is not supported by the hardware yet")
+    x, c = (b, a) if left else (a, b)
     if not isinstance(c, _Const):
         raise FrontendError(f"{op} of two computed tensors is not supported")
     if isinstance(x, _Pixel):
@@ -294,10 +282,11 @@ def _elementwise(op, args):
         return _Pixel(x.chain.then(op, np.asarray(c.value).reshape(()), left))
     if isinstance(x, _Acc):
         const = np.asarray(c.value, np.float32)
-        if const.size not in (1, x.weights.shape[0]):
+        if const.size not in (1, x.channels):
             raise FrontendError(f"{op} constant of shape {const.shape} does not broadcast over "
-                                f"{x.weights.shape[0]} channels")
-        return _Acc(x.weights, x.chain.then(op, const.reshape(-1), left), x.node)
+                                f"{x.channels} channels")
+        return _Acc(x.kind, x.weights, x.chain.then(op, const.reshape(-1), left), x.node,
+                    x.integer, x.conv)
     raise FrontendError(f"{op} on binary activations is not supported")
 
 
@@ -308,7 +297,12 @@ def _positive_scalar(c, what):
     return float(s.reshape(()))
 
 
-def _bipolar(node, args, state, pixel_max, input_scale):
+def _pixel_values(x: _Pixel, state) -> np.ndarray:
+    pixels = np.arange(state["pixel_max"] + 1, dtype=np.float32)
+    return x.chain(pixels * np.float32(state["input_scale"]))
+
+
+def _bipolar(args, state):
     x, scale = args[0], args[1]
     if not isinstance(scale, _Const):
         raise FrontendError("BipolarQuant scale must be a constant")
@@ -319,50 +313,150 @@ def _bipolar(node, args, state, pixel_max, input_scale):
     if isinstance(x, _Pixel):
         if state["input"] is not None:
             raise FrontendError("the input is quantized twice")
-        pixels = np.arange(pixel_max + 1, dtype=np.float32)
-        bits = x.chain(pixels * np.float32(input_scale)) >= 0
-        t = int(np.argmax(bits)) if bits.any() else pixel_max + 1
-        if not np.array_equal(bits, np.arange(pixel_max + 1) >= t):
+        bits = _pixel_values(x, state) >= 0
+        t = int(np.argmax(bits)) if bits.any() else state["pixel_max"] + 1
+        if not np.array_equal(bits, np.arange(len(bits)) >= t):
             raise FrontendError("the input quantizer is not increasing in the pixel value")
-        state["input"] = InputSpec(state["shape"], pixel_max, input_scale, t)
-        return _Bits(s, int(np.prod(state["shape"])))
+        state["input"] = InputSpec(state["shape"], state["pixel_max"], state["input_scale"], t)
+        return _Bits(s, state["shape"])
     if isinstance(x, _Acc):
-        n = x.weights.shape[1]
-        table = bn_sign_table(n, x.chain)
-        name = f"fc{len(state['layers'])}"
-        state["nodes"][name] = x.node
-        state["layers"].append(Dense(name, x.weights, derive_thresholds(table, layer=x.node)))
-        return _Bits(s, x.weights.shape[0])
+        if x.integer:
+            reach = x.fan_in * state["input"].max_level
+            acc = np.arange(-reach, reach + 1)
+            table, dots = sign_table(acc, x.chain), acc
+        else:
+            dots = 2 * np.arange(x.fan_in + 1) - x.fan_in
+            table, acc = sign_table(dots, x.chain), None
+        layer = _add_layer(state, x, derive_thresholds(table, layer=x.node, values=acc))
+        return _Bits(s, layer.out_shape(_in_shape(state, x)))
     raise FrontendError("BipolarQuant of binary activations is not supported")
 
 
-def _matmul(node, op, args, attrs):
-    x, w = args[0], args[1]
-    if not isinstance(x, _Bits) or not isinstance(w, _Const):
-        raise FrontendError(f"{op} must multiply binary activations by constant weights")
-    wv = np.asarray(w.value, np.float32)
-    if op == "Gemm":
-        if attrs.get("transA", 0):
-            raise FrontendError("Gemm with transA is not supported")
-        if attrs.get("transB", 0):
-            wv = wv.T
-    if wv.ndim != 2 or wv.shape[0] != x.width:
-        raise FrontendError(f"weights of shape {wv.shape} do not fit {x.width} inputs")
-    # Binary weights are +/-s_j with one positive scale per output (or per tensor). A scale
-    # is a positive factor on the integer dot product; it folds into the thresholds.
-    mag = np.abs(wv)
-    col = mag.max(axis=0)
-    if np.any(col <= 0) or not np.array_equal(mag, np.broadcast_to(col, mag.shape)):
+def _quant(args, attrs, state):
+    from qonnx.custom_op.general.intquant import int_quant
+
+    x = args[0]
+    if not isinstance(x, _Pixel):
+        raise FrontendError("multi-bit quantizers (Quant) are supported on the input only: "
+                            "multi-bit activations are not supported by the hardware yet")
+    if state["input"] is not None:
+        raise FrontendError("the input is quantized twice")
+    scale = _positive_scalar(args[1], "input quantizer")
+    zp = np.asarray(args[2].value, np.float32)
+    mode = attrs.get("rounding_mode", "ROUND")
+    q = int_quant(_pixel_values(x, state), np.float32(scale), zp, args[3].value,
+                  attrs.get("signed", 1), attrs.get("narrow", 0),
+                  mode.decode() if isinstance(mode, bytes) else mode)
+    levels = np.rint(np.asarray(q, np.float64) / scale)
+    if not np.array_equal((levels * scale).astype(np.float32), np.asarray(q, np.float32)):
+        raise FrontendError("the input quantizer's outputs are not integer multiples of its "
+                            "scale")
+    state["input"] = InputSpec(state["shape"], state["pixel_max"], state["input_scale"], None,
+                               tuple(int(v) for v in levels))
+    return _Levels(scale, state["shape"])
+
+
+def _binary_weights(wv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bits and per-output magnitudes of weights ``(out, ...)`` that are +/-s_j."""
+    mag = np.abs(wv).reshape(len(wv), -1)
+    col = mag.max(axis=1)
+    if np.any(col <= 0) or not np.array_equal(mag, np.broadcast_to(col[:, None], mag.shape)):
         raise FrontendError("weights are not binary (+/-s with one s > 0 per output): the "
                             "node's weights need a BipolarQuant (1-bit) quantizer")
-    bits = (wv.T > 0).astype(np.uint8)  # (out, in)
-    chain = _Chain()
-    scale = np.float32(x.scale) * col.astype(np.float32)
+    return (wv > 0).astype(np.uint8), col.astype(np.float32)
+
+
+def _layer(node, op, args, attrs):
+    x, w = args[0], args[1]
+    if not isinstance(x, (_Bits, _Levels)) or not isinstance(w, _Const):
+        raise FrontendError(f"{op} must multiply quantized activations by constant weights")
+    wv = np.asarray(w.value, np.float32)
+    conv = {}
+    if op == "Conv":
+        conv = _conv_params(x, wv, attrs)
+        bits, col = _binary_weights(wv)
+    else:
+        if op == "Gemm":
+            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or \
+                    attrs.get("beta", 1.0) != 1.0:
+                raise FrontendError("Gemm with transA or alpha/beta != 1 is not supported")
+            wv = wv.T if attrs.get("transB", 0) else wv
+        width = int(np.prod(x.shape))
+        if wv.ndim != 2 or wv.shape[0] != width:
+            raise FrontendError(f"weights of shape {wv.shape} do not fit {width} inputs")
+        bits, col = _binary_weights(wv.T)
+    # A positive scale per output multiplies the integer accumulator: it folds into thresholds.
+    chain = Chain()
+    scale = np.float32(x.scale) * col
     if np.any(scale != 1.0):
         chain = chain.then("Mul", scale if np.unique(scale).size > 1 else scale[:1])
-    if op == "Gemm":
-        if attrs.get("alpha", 1.0) != 1.0 or (len(args) > 2 and attrs.get("beta", 1.0) != 1.0):
-            raise FrontendError("Gemm with alpha/beta != 1 is not supported")
-        if len(args) > 2 and args[2] is not None:
-            chain = chain.then("Add", np.asarray(args[2].value, np.float32).reshape(-1))
-    return _Acc(bits, chain, node.name or node.output[0])
+    if len(args) > 2 and args[2] is not None:
+        chain = chain.then("Add", np.asarray(args[2].value, np.float32).reshape(-1))
+    kind = "conv" if op == "Conv" else "dense"
+    conv["in_shape"] = x.shape
+    return _Acc(kind, bits, chain, node.name or node.output[0], isinstance(x, _Levels), conv)
+
+
+def _conv_params(x, wv, attrs) -> dict:
+    if wv.ndim != 4 or len(x.shape) != 3 or wv.shape[1] != x.shape[0]:
+        raise FrontendError(f"weights of shape {wv.shape} do not fit input {x.shape}")
+    k = list(attrs.get("kernel_shape", wv.shape[2:]))
+    strides = list(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if attrs.get("group", 1) != 1 or any(d != 1 for d in attrs.get("dilations", [1, 1])) \
+            or k[0] != k[1] or strides[0] != strides[1] or len(set(pads)) > 1:
+        raise FrontendError("only square, ungrouped, undilated convolutions with one stride and "
+                            "symmetric padding are supported")
+    if isinstance(x, _Bits):
+        if pads[0]:
+            raise FrontendError("zero padding of binary activations is not binary (0 is "
+                                "neither -1 nor +1): pad explicitly with -1 or +1 (a Pad node), "
+                                "as bnnflow's own models do")
+        padding, pad_value = x.pad or (0, -1)
+    else:
+        padding, pad_value = pads[0], 0
+    return {"stride": strides[0], "padding": padding, "pad_value": pad_value}
+
+
+def _pad(args, attrs):
+    x = args[0]
+    if not isinstance(x, _Bits) or len(x.shape) != 3 or x.pad is not None:
+        raise FrontendError("Pad is supported on binary (C, H, W) activations before a Conv")
+    pads = np.asarray(args[1].value).reshape(-1).tolist() if len(args) > 1 else attrs["pads"]
+    value = float(np.asarray(args[2].value)) if len(args) > 2 and args[2] is not None else 0.0
+    p = pads[2]
+    if attrs.get("mode", b"constant") not in (b"constant", "constant") or \
+            pads != [0, 0, p, p, 0, 0, p, p] or abs(value) != np.float32(x.scale):
+        raise FrontendError("Pad must be a constant, symmetric spatial pad with value -1 or +1 "
+                            "(times the activations' scale)")
+    return _Bits(x.scale, x.shape, (p, 1 if value > 0 else -1))
+
+
+def _maxpool(x, attrs, state):
+    if not isinstance(x, _Bits) or len(x.shape) != 3:
+        raise FrontendError("MaxPool is supported on binary (C, H, W) activations")
+    k = list(attrs.get("kernel_shape", [1, 1]))
+    s = list(attrs.get("strides", [1, 1]))
+    if k[0] != k[1] or s[0] != s[1] or any(attrs.get("pads", [0])) or attrs.get("ceil_mode", 0):
+        raise FrontendError("only square, unpadded, floor-mode max-pooling is supported")
+    name = f"pool{len(state['layers'])}"
+    layer = MaxPool(name, x.shape, k[0], s[0])
+    state["layers"].append(layer)
+    return _Bits(x.scale, layer.out_shape(x.shape))
+
+
+def _in_shape(state, x: _Acc):
+    return x.conv["in_shape"]
+
+
+def _add_layer(state, x: _Acc, thresholds):
+    index = len(state["layers"])
+    if x.kind == "dense":
+        layer = Dense(f"fc{index}", x.weights, thresholds, x.integer)
+    else:
+        c = x.conv
+        layer = Conv(f"conv{index}", x.weights, thresholds, c["in_shape"], c["stride"],
+                     c["padding"], c["pad_value"], x.integer)
+    state["nodes"][layer.name] = x.node
+    state["layers"].append(layer)
+    return layer

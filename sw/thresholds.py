@@ -18,7 +18,7 @@ import numpy as np
 
 from .ir import Thresholds
 
-__all__ = ["ThresholdError", "derive_thresholds", "bn_sign_table"]
+__all__ = ["ThresholdError", "derive_thresholds", "bn_sign_table", "sign_table"]
 
 
 class ThresholdError(ValueError):
@@ -26,17 +26,19 @@ class ThresholdError(ValueError):
 
 
 def derive_thresholds(
-    bits_table: np.ndarray, *, layer: str = "?"
+    bits_table: np.ndarray, *, layer: str = "?", values: np.ndarray | None = None
 ) -> Thresholds:
     """Thresholds from a table of output bits.
 
     Parameters
     ----------
     bits_table
-        ``(n + 1, channels)`` array: row ``c`` holds the model's output bit (1 for +1) of every
-        channel when the popcount is ``c``.
+        ``(len(values), channels)`` array: row ``i`` holds the model's output bit (1 for +1)
+        of every channel when the accumulator is ``values[i]``.
     layer
         Name used in error messages.
+    values
+        The increasing accumulator values of the rows; by default the popcounts ``0..n``.
 
     Returns
     -------
@@ -45,24 +47,33 @@ def derive_thresholds(
     """
     table = np.asarray(bits_table).astype(np.int8)
     n1, channels = table.shape
+    values = np.arange(n1) if values is None else np.asarray(values, np.int64)
     t = np.zeros(channels, np.int64)
     invert = np.zeros(channels, np.bool_)
     for ch in range(channels):
         col = table[:, ch]
         steps = np.flatnonzero(np.diff(col))
-        if steps.size == 0:  # constant channel: gamma == 0, or never crosses in 0..n
-            t[ch], invert[ch] = 0, not col[0]
+        if steps.size == 0:  # constant channel: gamma == 0, or never crosses in range
+            t[ch], invert[ch] = values[0], not col[0]
         elif steps.size == 1:
-            t[ch] = steps[0] + 1
+            t[ch] = values[steps[0] + 1]
             invert[ch] = bool(col[0])  # starts at +1 and falls: (c >= t) inverted
         else:
             raise ThresholdError(
                 f"layer {layer}, channel {ch}: the function before sign is not monotone in the "
-                f"accumulator (output flips {steps.size} times over 0..{n1 - 1})"
+                f"accumulator (output flips {steps.size} times over {values[0]}..{values[-1]})"
             )
     th = Thresholds(t, invert)
-    assert np.array_equal(th.apply(np.arange(n1)[:, None]), table.astype(np.uint8))
+    assert np.array_equal(th.apply(values[:, None]), table.astype(np.uint8))
     return th
+
+
+def sign_table(values: np.ndarray, chain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``sign(chain(v))`` as bits for every accumulator value ``v`` (a float32 column)."""
+    out = np.asarray(chain(np.asarray(values, np.float32)[:, None]))
+    if np.any(np.isnan(out)):
+        raise ThresholdError("the function before sign produces NaN")
+    return (out >= 0).astype(np.uint8)
 
 
 def bn_sign_table(

@@ -1,6 +1,8 @@
 """QONNX from other people's Brevitas models: brevitas_examples.bnn_pynq's own builders."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,11 +53,31 @@ def test_mlp_exports_match_qonnx(name, tmp_path):
     assert np.array_equal(t.argmax(1), ref.classes)
 
 
-def test_cnv_says_which_layer_is_not_supported(tmp_path):
+def test_cnv_export_matches_qonnx(tmp_path):
+    """CNV: 8-bit input layer, six binary convs, two max-pools, three dense layers."""
     path = tmp_path / "cnv.onnx"
-    pynq_export("CNV_1W1A", path)
-    with pytest.raises(FrontendError, match="cnv.onnx: node .*Quant.* integer-input first layers"):
-        import_qonnx(path)
+    model = pynq_export("CNV_1W1A", path)
+    net = import_qonnx(path)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ["Conv", "Conv", "MaxPool", "Conv", "Conv", "MaxPool", "Conv", "Conv",
+                     "Dense", "Dense", "Dense"]
+    assert net.layers[0].integer_input and net.input.levels is not None
+    pixels = np.random.default_rng(5).integers(0, 256, (100, 3, 32, 32))
+    x = pixels.astype(np.float32) / np.float32(255)
+    ref = run(net, pixels)
+    q = qonnx_scores(path, x)
+    smap = net.metadata["score_map"]
+    assert np.array_equal(q.argmax(1), ref.classes)
+    np.testing.assert_allclose(q, smap["scale"] * ref.scores + smap["offset"], atol=1e-3)
+    with torch.no_grad():
+        t = model(torch.from_numpy(x)).numpy()
+    assert np.array_equal(t.argmax(1), ref.classes)
+
+    proc = subprocess.run([sys.executable, "-m", "bnnflow.cli", "compile", str(path), "-o",
+                           str(tmp_path / "build")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "layer conv0 (Conv): the hardware generator does not support convolution" \
+        in proc.stderr
 
 
 @pytest.mark.sim

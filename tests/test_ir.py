@@ -61,7 +61,7 @@ def test_layer_chain_is_checked():
     b = Dense("b", np.ones((3, 5)), None)
     with pytest.raises(IRError, match="layer b: takes 5 inputs but receives 4"):
         Network(spec, [a, b])
-    with pytest.raises(IRError, match="final layer must emit scores"):
+    with pytest.raises(IRError, match="final layer must be a dense layer that emits scores"):
         Network(spec, [a])
 
 

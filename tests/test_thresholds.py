@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnflow.frontend import _Chain
+from bnnflow.chain import Chain as _Chain
 from bnnflow.thresholds import ThresholdError, bn_sign_table, derive_thresholds
 
 
