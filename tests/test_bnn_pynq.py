@@ -11,7 +11,7 @@ from brevitas.export import export_qonnx
 from brevitas_examples.bnn_pynq.models import model_with_cfg
 
 from bnnflow.flow import CompileConfig, compile_model
-from bnnflow.frontend import FrontendError, import_qonnx
+from bnnflow.frontend import import_qonnx
 from bnnflow.inputs import to_bits
 from bnnflow.reference import run
 from bnnflow.verify import qonnx_scores
