@@ -22,9 +22,9 @@ __all__ = ["VARIANTS", "AblationRow", "run_ablation", "markdown_table", "write_t
 VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("STE t_clip 0.5, no scaling (defaults)", {}),
     "t_clip=1.0": ("classic STE, t_clip 1.0 (Hubara et al.)", {"t_clip": 1.0}),
-    "scale-backward": ("weight scale mean|W| in the backward pass only",
+    "scale-backward": ("weight scale mean(abs(W)) in the backward pass only",
                        {"weight_scaling": "backward"}),
-    "scale-forward": ("weight scale mean|W| in forward and backward",
+    "scale-forward": ("weight scale mean(abs(W)) in forward and backward",
                       {"weight_scaling": "forward"}),
     "binealnet": ("BiNealNet shifts b0/b1 around a PReLU (slope >= 0)", {"binealnet": True}),
     "abc3": ("ABC-Net, 3 weight bases (software only)", {"abc_bases": 3}),
@@ -102,7 +102,8 @@ def markdown_table(rows: Sequence[AblationRow], ds: Dataset, base: TrainConfig) 
     lines = ["| variant | method | test accuracy | epochs | seconds | compiles to hardware |",
              "|---|---|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r.variant} | {r.description} | {100 * r.test_accuracy:.2f} % | "
+        cells = [c.replace("|", "\\|") for c in (r.variant, r.description)]
+        lines.append(f"| {cells[0]} | {cells[1]} | {100 * r.test_accuracy:.2f} % | "
                      f"{r.epochs} | {r.seconds:.1f} | {'yes' if r.deployable else 'no'} |")
     return head + "\n".join(lines) + "\n"
 

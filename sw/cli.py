@@ -21,6 +21,7 @@ EXIT_ERROR = 2
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from .datasets import DatasetError
+    from .flow import CompileError
     from .folding import FoldingError
     from .frontend import FrontendError
     from .inputs import InputError
@@ -28,11 +29,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from .manifest import ManifestError
     from .thresholds import ThresholdError
 
-    errors: list[type[BaseException]] = [DatasetError, FoldingError, FrontendError, InputError,
-                                         IRError, ManifestError, ThresholdError]
+    errors: list[type[BaseException]] = [CompileError, DatasetError, FoldingError, FrontendError,
+                                         InputError, IRError, ManifestError, ThresholdError]
     for module, name in (("bnnflow.sim.runner", "SimulationError"),
                          ("bnnflow.driver", "DriverError"),
-                         ("bnnflow.boards.build", "BuildError")):
+                         ("bnnflow.boards.build", "BuildError"),
+                         ("bnnflow.boards.program", "ProgramError"),
+                         ("bnnflow.boards.pll", "PLLError"),
+                         ("bnnflow.boards.toolchain", "ToolchainError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -54,7 +58,8 @@ def _train_config(args):
                        progress=not args.quiet, optimizer=args.optimizer,
                        schedule=args.schedule, t_clip=args.t_clip,
                        weight_scaling=args.weight_scaling, binealnet=args.binealnet,
-                       abc_bases=args.abc_bases, dropout=args.dropout)
+                       abc_bases=args.abc_bases, dropout=args.dropout,
+                       input_threshold=args.input_threshold)
 
 
 def _bad_options(command: str, e: ValueError) -> SystemExit:
@@ -110,7 +115,8 @@ def cmd_compile(args) -> None:
     from .flow import CompileConfig, compile_model
 
     cfg = CompileConfig(Path(args.model), Path(args.output),
-                        Path(args.folding) if args.folding else None)
+                        Path(args.folding) if args.folding else None,
+                        target_cycles=args.target_cycles)
     state = compile_model(cfg, progress=None if args.quiet else lambda s: _say(f"[compile] {s}"))
     cpf = state.folding.cycles_per_frame(state.net)
     folds = ", ".join(f"{n}: PE {f.pe} SIMD {f.simd}" for n, f in state.folding.layers.items())
@@ -133,10 +139,10 @@ def cmd_verify(args) -> None:
 
 def _inputs_and_labels(args, net):
     from . import datasets
-    from .inputs import load_array, to_bits
+    from .inputs import load_array, to_inputs
 
     if args.inputs:
-        bits = to_bits(net, load_array(args.inputs), args.inputs)
+        bits = to_inputs(net, load_array(args.inputs), args.inputs)
         labels = None
         if args.labels:
             labels = np.asarray(load_array(args.labels)).reshape(-1).astype(np.int64)
@@ -145,7 +151,7 @@ def _inputs_and_labels(args, net):
                 raise InputError(f"{args.labels}: {len(labels)} labels for {len(bits)} inputs")
         return bits, labels
     ds = datasets.load(args.dataset or "digits", getattr(args, "data_dir", None))
-    return to_bits(net, ds.x_test, f"dataset {ds.name}"), ds.y_test
+    return to_inputs(net, ds.x_test, f"dataset {ds.name}"), ds.y_test
 
 
 def cmd_simulate(args) -> None:
@@ -165,7 +171,7 @@ def cmd_simulate(args) -> None:
                         predicted_cycles=manifest.cycles_per_frame, work_dir=build / "sim",
                         p_idle=args.p_idle, p_stall=args.p_stall, seed=args.seed)
     seconds = time.perf_counter() - start
-    ref = run(net, bits, bits=True)
+    ref = run(net, bits, bits=net.input.binary)
     preds = np.asarray(out["predictions"])
     results = {
         "frames": out["frames"], "mismatches": out["mismatches"],
@@ -192,9 +198,30 @@ def cmd_simulate(args) -> None:
 def cmd_build(args) -> None:
     from .bitstream import build_bitstream
 
-    report = build_bitstream(Path(args.build), args.board, progress=None if args.quiet else _say)
+    report = build_bitstream(Path(args.build), args.board, baud=args.baud,
+                             target_mhz=args.target_mhz, progress=None if args.quiet else _say)
     keys = ("lut4", "ff", "ebr", "dsp", "fmax_mhz", "target_mhz")
     print(" ".join(f"{k}={report.get(k)}" for k in keys) + f"; bitstream {report['bitstream']}")
+
+
+def cmd_program(args) -> None:
+    from .bitstream import program_board
+
+    print(program_board(Path(args.target), args.board, cable=args.cable, flash=args.flash))
+
+
+def cmd_boards(args) -> None:
+    from bnnflow.boards.registry import list_boards
+
+    rows = list_boards()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    cols = ("name", "part", "link", "clock_mhz", "max_baud")
+    width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(width[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(width[c]) for c in cols))
 
 
 # -- infer ------------------------------------------------------------------------------------
@@ -213,12 +240,26 @@ def cmd_infer(args) -> None:
     bits = to_bits(net, load_array(args.inputs), args.inputs)
     from .driver import Accelerator
 
-    with Accelerator.open(device, expected_id=expected) as acc:
-        classes, _scores = acc.predict(bits)
+    with Accelerator.open(device, expected_id=expected, build=build) as acc:
+        classes, _scores = acc.predict(bits, bits=True)
     text = "\n".join(str(int(c)) for c in classes)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
+
+
+def cmd_bench(args) -> None:
+    from .driver import Accelerator
+    from .ir import Network
+
+    build = Path(args.build or args.device.removeprefix("sim:"))
+    bits, _ = _inputs_and_labels(args, Network.load(build))
+    with Accelerator.open(args.device, build=build) as acc:
+        result = acc.benchmark(bits, args.repeats, bits=True, link_images=args.link_images,
+                               clk_hz=args.clk_mhz and args.clk_mhz * 1e6)
+    print(result.report())
+    if not result.ok:
+        raise SystemExit(1)
 
 
 # -- flow -------------------------------------------------------------------------------------
@@ -248,6 +289,9 @@ def _train_options(p, *, epochs: int, batch_size: int, dataset: str = "digits") 
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--schedule", choices=("cosine", "step", "none"), default="cosine")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--input-threshold", type=float, default=0.5,
+                   help="MLP input binarization threshold, fraction of full scale (0.5 is "
+                        "bnn_pynq's; ~0.1 suits Fashion-MNIST)")
     p.add_argument("--t-clip", type=float, default=0.5,
                    help="STE gradient clip threshold (1.0 classic)")
     p.add_argument("--weight-scaling", choices=("none", "backward", "forward"), default="none",
@@ -280,6 +324,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="build folder")
     c.add_argument("--folding", help="JSON {layer: {pe, simd}}")
+    c.add_argument("--target-cycles", type=int, default=16,
+                   help="cycles per frame of the default folding (without --folding)")
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("verify", help="check the IR reference against PyTorch and qonnx")
@@ -305,7 +351,22 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="bitstream with yosys + nextpnr-ecp5 + ecppack")
     b.add_argument("build")
     b.add_argument("--board", default="ulx3s-85f")
+    b.add_argument("--target-mhz", type=float, help="fabric clock from the PLL (default: the "
+                                                     "board oscillator)")
+    b.add_argument("--baud", type=int, help="host link baud rate (default 1 Mbaud, capped at "
+                                            "the board's bridge)")
     b.set_defaults(func=cmd_build)
+
+    pr = sub.add_parser("program", help="load a bitstream onto a board with openFPGALoader")
+    pr.add_argument("target", help="build folder (uses BUILD/<board>.bit) or a .bit file")
+    pr.add_argument("--board", default="ulx3s-85f")
+    pr.add_argument("--cable")
+    pr.add_argument("--flash", action="store_true", help="write the SPI flash, not SRAM")
+    pr.set_defaults(func=cmd_program)
+
+    bl = sub.add_parser("boards", help="list the supported boards")
+    bl.add_argument("--json", action="store_true")
+    bl.set_defaults(func=cmd_boards)
 
     i = sub.add_parser("infer", help="run inputs through a board or the simulated board")
     i.add_argument("--device", required=True, help="sim:BUILD or serial:PORT")
@@ -313,6 +374,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--inputs", required=True)
     i.add_argument("-o", "--output")
     i.set_defaults(func=cmd_infer)
+
+    n = sub.add_parser("bench", help="on-chip (REPLAY) and link throughput of a board or the "
+                                     "simulated board, checked against the reference")
+    n.add_argument("--device", required=True, help="sim:BUILD or serial:PORT[@BAUD]")
+    n.add_argument("--build", help="build folder (required for serial:)")
+    n.add_argument("--inputs", help=".npy inputs (default: the dataset's test images)")
+    n.add_argument("--dataset")
+    n.add_argument("--data-dir")
+    n.add_argument("--repeats", type=int, default=100, help="REPLAY repetitions")
+    n.add_argument("--link-images", type=int, default=2048, help="images sent with INFER")
+    n.add_argument("--clk-mhz", type=float, help="fabric clock (default: the device's own)")
+    n.set_defaults(func=cmd_bench, labels=None)
 
     f = sub.add_parser("flow", help="train, compile, verify, simulate (and build) in one go")
     f.add_argument("-o", "--output", default="runs/digits")
@@ -331,9 +404,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "command", None) == "infer" and args.device.startswith("serial:") \
-            and not args.build:
-        _parser().error("infer --device serial:PORT needs --build BUILD (to check the design)")
+    if getattr(args, "command", None) in ("infer", "bench") and \
+            args.device.startswith("serial:") and not args.build:
+        _parser().error(f"{args.command} --device serial:PORT needs --build BUILD (to check the "
+                        f"design)")
     try:
         args.func(args)
     except _known_errors() as e:

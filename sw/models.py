@@ -1,26 +1,10 @@
 """The model zoo: 1W1A Brevitas networks with the topologies of ``brevitas_examples.bnn_pynq``,
-and the training methods of the literature as options of their layers.
+with the literature's training methods as options of their hidden layers (:class:`Methods`).
 
 Imports torch and brevitas: only the training and export commands import this module.
 The quantizers are bnn_pynq's own (constant scale 1.0), so a binary layer's accumulator is an
-exact integer dot product and the final layer's scores are exact integers (the final layer is
-never scaled, shifted or multi-base, whatever the methods).
-
-The methods (:class:`Methods`), each of which leaves the exported graph foldable into integer
-thresholds unless said otherwise:
-
-* ``t_clip``: the straight-through estimator passes the gradient of a hidden activation's sign
-  only where ``|x| <= t_clip`` (Bethge et al.: 0.5 beats the classic 1.0). A training-only
-  autograd op in front of the binary quantizer; the forward value's sign, and so the export,
-  is unchanged.
-* ``weight_scaling``: XNOR-Net's per-output-channel ``alpha = mean|W|``, in the ``forward``
-  pass (exported as a positive per-channel ``Mul`` after the layer, which the front end folds)
-  or only in the ``backward`` pass (the gradient of ``alpha * y``; the forward value is ``y``).
-* ``binealnet``: BiNealNet's activation ``sign(PReLU(x + b0) + b1)`` with learnable per-channel
-  shifts and a PReLU slope kept ``>= 0`` by :meth:`BinaryNet.clip_weights` (so the function
-  stays monotone and folds into one threshold per channel).
-* ``abc_bases``: ABC-Net's ``M`` binary weight bases with least-squares coefficients. Software
-  only: the export is a sum of ``M`` binary layers, which the hardware does not support yet.
+exact integer dot product and the final layer (never scaled, shifted or multi-base, whatever
+the methods) outputs exact integer scores.
 """
 
 from __future__ import annotations
@@ -29,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from brevitas.core.restrict_val import RestrictValueType
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from brevitas_examples.bnn_pynq.models.common import CommonActQuant, CommonWeightQuant
 from torch import nn
@@ -43,18 +28,24 @@ WEIGHT_SCALING = ("none", "backward", "forward")
 
 @dataclass(frozen=True)
 class Methods:
-    """Which training methods the binary layers use.
+    """Which training methods the hidden binary layers use. Each leaves the export foldable
+    into integer thresholds, except ABC-Net's bases.
 
     Parameters
     ----------
     t_clip : float
-        STE gradient clip threshold of the hidden activations (Bethge et al.; 1.0 is classic).
+        The STE passes the gradient of a hidden sign only where ``|x| <= t_clip`` (Bethge et
+        al.: 0.5 beats the classic 1.0). A training-only autograd op before the quantizer.
     weight_scaling : {"none", "backward", "forward"}
-        Per-output-channel scale ``mean|W|`` of the hidden binary layers.
+        XNOR-Net's per-output-channel ``alpha = mean|W|``: in the forward pass (exported as a
+        positive per-channel ``Mul``, which the front end folds), or in the gradient only.
     binealnet : bool
-        Learnable shifts around a PReLU before each hidden sign (BiNealNet).
+        BiNealNet's ``sign(PReLU(x + b0) + b1)``: learnable per-channel shifts, PReLU slope
+        kept ``>= 0`` by :meth:`BinaryNet.clip_weights` (monotone: one threshold per channel).
     abc_bases : int
-        ABC-Net weight bases per hidden layer; 1 is an ordinary binary layer.
+        ABC-Net's ``M`` weight bases with least-squares coefficients; 1 is an ordinary binary
+        layer. Software only: the export is a sum of ``M`` binary layers, which the hardware
+        does not support yet.
     """
 
     t_clip: float = 0.5
@@ -66,19 +57,17 @@ class Methods:
         if not self.t_clip > 0:
             raise ValueError(f"t_clip must be > 0, got {self.t_clip}")
         if self.weight_scaling not in WEIGHT_SCALING:
-            raise ValueError(f"weight_scaling must be one of {WEIGHT_SCALING}, "
-                             f"got {self.weight_scaling!r}")
+            raise ValueError(f"weight_scaling must be one of {WEIGHT_SCALING}")
         if self.abc_bases < 1:
             raise ValueError(f"abc_bases must be >= 1, got {self.abc_bases}")
         if self.abc_bases > 1 and self.weight_scaling != "none":
-            raise ValueError("ABC-Net bases carry their own least-squares scales; use weight "
-                             "scaling 'none' with abc_bases > 1")
+            raise ValueError("ABC-Net bases carry their own least-squares scales: no weight "
+                             "scaling with abc_bases > 1")
 
 
 def _constant(t: torch.Tensor) -> torch.Tensor:
-    # During ONNX export a value computed from the weights would be traced as ops on the
-    # initializer (Abs, ReduceMean, ...), which the front end does not evaluate: make it a
-    # plain constant instead.
+    # In an ONNX export, a value computed from the weights would be traced as ops on the
+    # initializer (Abs, ReduceMean, ...), which the front end does not evaluate.
     if torch.onnx.is_in_onnx_export():
         return torch.from_numpy(t.detach().cpu().numpy().copy())
     return t
@@ -116,9 +105,6 @@ class ClipSTE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ClipSTEFn.apply(x, self.t_clip) if self.training else x
-
-    def extra_repr(self) -> str:
-        return f"t_clip={self.t_clip}"
 
 
 class Shift(nn.Module):
@@ -190,8 +176,8 @@ def abc_bases(w: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     Returns
     -------
     bases : torch.Tensor
-        ``(M, *w.shape)`` in {-1, +1}: ``B_i = sign(W - mean(W) + u_i * std(W))`` with
-        ``u_i = -1 + 2 (i - 1) / (M - 1)`` (``u = 0`` for ``M = 1``).
+        ``(M, *w.shape)``: ``B_i = sign(W - mean(W) + u_i std(W))``, ``u_i`` evenly spaced
+        in [-1, 1] (0 for ``M = 1``).
     alpha : torch.Tensor
         ``(M,)``: the coefficients minimising ``||W - sum_i alpha_i B_i||^2``.
     """
@@ -203,11 +189,11 @@ def abc_bases(w: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _ABCLayer(nn.Module):
-    def __init__(self, shape: tuple[int, ...], bases: int):
+    def __init__(self, shape: tuple[int, ...], bases: int, op):
         super().__init__()
         if bases < 1:
             raise ValueError(f"bases must be >= 1, got {bases}")
-        self.bases = bases
+        self.bases, self._op = bases, op
         self.weight = nn.Parameter(torch.empty(shape))
         nn.init.uniform_(self.weight, -0.1, 0.1)
 
@@ -231,42 +217,31 @@ class _ABCLayer(nn.Module):
 
 
 class ABCLinear(_ABCLayer):
-    """A dense layer with ABC-Net's ``bases`` binary weight bases (no bias)."""
+    """A dense layer (no bias) with ABC-Net's ``bases`` binary weight bases."""
 
     def __init__(self, in_features: int, out_features: int, bases: int):
-        super().__init__((out_features, in_features), bases)
+        super().__init__((out_features, in_features), bases, F.linear)
         self.in_features, self.out_features = in_features, out_features
-
-    def _op(self, x, w):
-        return F.linear(x, w)
 
 
 class ABCConv2d(_ABCLayer):
     """A 2-D convolution (no padding, stride 1, no bias) with ABC-Net's binary weight bases."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bases: int):
-        super().__init__((out_channels, in_channels, kernel_size, kernel_size), bases)
-
-    def _op(self, x, w):
-        return F.conv2d(x, w)
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size), bases, F.conv2d)
 
 
 _LATENT = (QuantLinear, QuantConv2d, _ABCLayer)
 
 
-def _dense(n_in: int, n_out: int, m: Methods) -> nn.Module:
+def _hidden(m: Methods, n_in: int, n_out: int, kernel: int | None = None) -> nn.Module:
+    # A hidden binary layer (dense, or conv with a kernel) with the methods' weights.
     if m.abc_bases > 1:
-        return ABCLinear(n_in, n_out, m.abc_bases)
-    layer = QuantLinear(n_in, n_out, bias=False, weight_bit_width=1,
-                        weight_quant=CommonWeightQuant)
-    return layer if m.weight_scaling == "none" else ScaledBinary(layer, m.weight_scaling)
-
-
-def _conv(c_in: int, c_out: int, k: int, m: Methods) -> nn.Module:
-    if m.abc_bases > 1:
-        return ABCConv2d(c_in, c_out, k, m.abc_bases)
-    layer = QuantConv2d(c_in, c_out, k, bias=False, weight_bit_width=1,
-                        weight_quant=CommonWeightQuant)
+        return (ABCLinear(n_in, n_out, m.abc_bases) if kernel is None
+                else ABCConv2d(n_in, n_out, kernel, m.abc_bases))
+    quant = dict(bias=False, weight_bit_width=1, weight_quant=CommonWeightQuant)
+    layer = (QuantLinear(n_in, n_out, **quant) if kernel is None
+             else QuantConv2d(n_in, n_out, kernel, **quant))
     return layer if m.weight_scaling == "none" else ScaledBinary(layer, m.weight_scaling)
 
 
@@ -277,16 +252,22 @@ def _activation(channels: int, m: Methods) -> list[nn.Module]:
     return mods + [ClipSTE(m.t_clip), QuantIdentity(act_quant=CommonActQuant, bit_width=1)]
 
 
-def _scores(n_in: int, num_classes: int) -> QuantLinear:
-    return QuantLinear(n_in, num_classes, bias=False, weight_bit_width=1,
-                       weight_quant=CommonWeightQuant)
+def _dense_stack(m: Methods, width: int, hidden: list[int], num_classes: int, dropout: float,
+                 eps: float) -> list[nn.Module]:
+    # Hidden binary dense layers (BatchNorm + sign), then the integer scores layer.
+    layers: list[nn.Module] = []
+    for n in hidden:
+        layers += [_hidden(m, width, n), nn.BatchNorm1d(n, eps=eps), *_activation(n, m)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = n
+    return layers + [QuantLinear(width, num_classes, bias=False, weight_bit_width=1,
+                                 weight_quant=CommonWeightQuant)]
 
 
 class BinaryNet(nn.Module):
-    """Common behaviour of the zoo's networks."""
-
-    #: Inputs of the final (scores) layer: the scores are integers in ``[-n, n]``.
-    score_fan_in: int
+    """Common behaviour of the zoo's networks. ``score_fan_in`` is the number n of the final
+    layer's inputs: the scores are integers in ``[-n, n]``."""
 
     def _init_weights(self) -> None:
         for mod in self.modules():
@@ -311,7 +292,8 @@ class BinaryMLP(BinaryNet):
     final binary layer whose outputs are the integer scores (no TensorNorm, so they stay exact).
 
     The forward pass takes the input in ``[0, 1]`` (pixel * input_scale) and maps it to
-    ``2x - 1`` before the binary input quantizer, as bnn_pynq's FC does.
+    ``2x - 1`` before the binary input quantizer, as bnn_pynq's FC does (``2x - 2t`` for an
+    ``input_threshold`` t other than 0.5; the front end folds either into one threshold).
 
     Parameters
     ----------
@@ -325,28 +307,28 @@ class BinaryMLP(BinaryNet):
         Dropout after each hidden activation (training only).
     methods : Methods, optional
         Training methods of the hidden layers; ``Methods()`` by default.
+    input_threshold : float
+        A pixel binarizes to +1 when ``pixel * input_scale >= input_threshold``: 0.5 is
+        bnn_pynq's ``sign(2x - 1)``; about 0.1 keeps far more of Fashion-MNIST's shapes.
     """
 
     def __init__(self, in_features: int, hidden: list[int], num_classes: int,
-                 dropout: float = 0.0, *, methods: Methods | None = None):
+                 dropout: float = 0.0, *, methods: Methods | None = None,
+                 input_threshold: float = 0.5):
         super().__init__()
+        if not 0.0 < input_threshold < 1.0:
+            raise ValueError(f"input_threshold must be in (0, 1), got {input_threshold}")
         m = methods or Methods()
         self.in_features, self.methods = in_features, m
-        layers: list[nn.Module] = [QuantIdentity(act_quant=CommonActQuant, bit_width=1)]
-        width = in_features
-        for h in hidden:
-            layers += [_dense(width, h, m), nn.BatchNorm1d(h), *_activation(h, m)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(_scores(width, num_classes))
-        self.features = nn.Sequential(*layers)
-        self.score_fan_in = width
+        self.input_threshold = float(input_threshold)
+        self.features = nn.Sequential(
+            QuantIdentity(act_quant=CommonActQuant, bit_width=1),
+            *_dense_stack(m, in_features, hidden, num_classes, dropout, 1e-5))
+        self.score_fan_in = self.features[-1].in_features
         self._init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1)
-        x = 2.0 * x - torch.tensor([1.0], device=x.device)
+        x = 2.0 * x.reshape(x.shape[0], -1) - torch.tensor([2.0 * self.input_threshold])
         return self.features(x)
 
 
@@ -354,10 +336,8 @@ class BinaryConvNet(BinaryNet):
     """A 1W1A conv net: valid (unpadded) binary convs with BatchNorm + sign and optional 2x2
     max-pooling, then binary dense layers, then the integer scores layer.
 
-    The first conv takes the 8-bit pixels themselves, mapped to ``2x - 1`` as bnn_pynq's CNV
-    does, with binary weights. There is no input quantizer: the pixels already are 8-bit
-    integers (bnn_pynq's Q1.7 input quantizer would only re-round them), so the first layer's
-    accumulator is an affine function of an integer dot product.
+    As in bnn_pynq's CNV, the input is mapped to ``2x - 1`` and quantized to 8 bits (Q1.7), so
+    the first conv multiplies integer levels by binary weights.
 
     Parameters
     ----------
@@ -369,10 +349,8 @@ class BinaryConvNet(BinaryNet):
         Widths of the binary dense layers after the convs.
     num_classes : int
         Outputs of the final layer.
-    dropout : float
-        Dropout after each hidden dense activation (training only).
-    methods : Methods, optional
-        Training methods of the hidden layers; ``Methods()`` by default.
+    dropout, methods
+        As for :class:`BinaryMLP`.
     """
 
     def __init__(self, input_shape: tuple[int, ...], convs: list[tuple[int, int, bool]],
@@ -385,9 +363,11 @@ class BinaryConvNet(BinaryNet):
         self.chw = tuple(input_shape) if len(input_shape) == 3 else (1, *input_shape)
         self.methods = m
         c, h, w = self.chw
-        feats: list[nn.Module] = []
+        feats: list[nn.Module] = [QuantIdentity(
+            act_quant=CommonActQuant, bit_width=8, min_val=-1.0, max_val=1.0 - 2.0 ** -7,
+            narrow_range=False, restrict_scaling_type=RestrictValueType.POWER_OF_TWO)]
         for out, k, pool in convs:
-            feats += [_conv(c, out, k, m), nn.BatchNorm2d(out, eps=1e-4), *_activation(out, m)]
+            feats += [_hidden(m, c, out, k), nn.BatchNorm2d(out, eps=1e-4), *_activation(out, m)]
             h, w, c = h - k + 1, w - k + 1, out
             if pool:
                 feats.append(nn.MaxPool2d(2))
@@ -395,54 +375,54 @@ class BinaryConvNet(BinaryNet):
             if min(h, w) < 1:
                 raise ValueError(f"images of shape {tuple(input_shape)} are too small for "
                                  f"this network's convs {convs}")
-        layers: list[nn.Module] = []
-        width = c * h * w
-        for n in hidden:
-            layers += [_dense(width, n, m), nn.BatchNorm1d(n, eps=1e-4), *_activation(n, m)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = n
-        layers.append(_scores(width, num_classes))
-        self.conv_features, self.linear_features = nn.Sequential(*feats), nn.Sequential(*layers)
-        self.score_fan_in = width
+        self.conv_features = nn.Sequential(*feats)
+        self.linear_features = nn.Sequential(
+            *_dense_stack(m, c * h * w, hidden, num_classes, dropout, 1e-4))
+        self.score_fan_in = self.linear_features[-1].in_features
         self._init_weights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], *self.chw)
-        x = 2.0 * x - torch.tensor([1.0], device=x.device)
-        x = self.conv_features(x)
+        x = self.conv_features(2.0 * x.reshape(x.shape[0], *self.chw) - torch.tensor([1.0]))
         return self.linear_features(x.reshape(x.shape[0], -1))
 
 
 def _mlp(hidden: list[int]):
-    def build(input_shape, num_classes, methods=None, dropout=0.0):
-        return BinaryMLP(math.prod(input_shape), hidden, num_classes, dropout, methods=methods)
+    def build(input_shape, num_classes, methods=None, dropout=0.0, input_threshold=0.5):
+        return BinaryMLP(math.prod(input_shape), hidden, num_classes, dropout, methods=methods,
+                         input_threshold=input_threshold)
     return build
 
 
-def _cnv(input_shape, num_classes, methods=None, dropout=0.0):
-    # bnn_pynq CNV: 3x3 convs 64-64-pool-128-128-pool-256-256 (32x32 -> 1x1), FC 512-512.
-    convs = [(64, 3, False), (64, 3, True), (128, 3, False), (128, 3, True), (256, 3, False),
-             (256, 3, False)]
-    return BinaryConvNet(input_shape, convs, [512, 512], num_classes, dropout, methods=methods)
+# bnn_pynq CNV: 3x3 convs 64-64-pool-128-128-pool-256-256 (32x32 -> 1x1), FC 512-512.
+# LeNet-5-like for 28x28: 8-bit input -> conv5x5 32 -> pool -> conv5x5 64 -> pool (4x4x64) ->
+# FC 512. Widths are multiples of 32 so every layer folds evenly.
+_CONV_NETS = {"cnv": ([(64, 3, False), (64, 3, True), (128, 3, False), (128, 3, True),
+                       (256, 3, False), (256, 3, False)], [512, 512]),
+              "lenet": ([(32, 5, True), (64, 5, True)], [512])}
 
 
-def _lenet(input_shape, num_classes, methods=None, dropout=0.0):
-    # LeNet-5-like for 28x28: conv5x5 32 (8-bit input) -> pool -> conv5x5 64 -> pool (4x4x64)
-    # -> FC 512 -> scores. Widths are multiples of 32 so every layer folds evenly.
-    convs = [(32, 5, True), (64, 5, True)]
-    return BinaryConvNet(input_shape, convs, [512], num_classes, dropout, methods=methods)
+def _conv_net(name: str):
+    convs, hidden = _CONV_NETS[name]
+
+    def build(input_shape, num_classes, methods=None, dropout=0.0, input_threshold=0.5):
+        if input_threshold != 0.5:
+            raise ValueError("conv nets take the 8-bit pixels themselves: input_threshold "
+                             "applies to the MLPs' binarized input only")
+        return BinaryConvNet(input_shape, convs, hidden, num_classes, dropout, methods=methods)
+    return build
 
 
-#: name -> ``build(input_shape, num_classes, methods=None, dropout=0.0)``. ``tfc``, ``sfc``,
-#: ``lfc``: bnn_pynq's MLPs (3x64, 3x256, 3x1024; binarized input of any size). ``cnv``:
-#: bnn_pynq's CNV for 3x32x32. ``lenet``: a LeNet-like conv net for 28x28 (see ``_lenet``).
+#: name -> ``build(input_shape, num_classes, methods, dropout, input_threshold)``. ``tfc``,
+#: ``sfc``, ``lfc``: bnn_pynq's MLPs (3x64, 3x256, 3x1024; binarized input of any size).
+#: ``cnv``: bnn_pynq's CNV for 3x32x32. ``lenet``: a LeNet-like net for 28x28 (``_CONV_NETS``).
 MODELS = {"tfc": _mlp([64, 64, 64]), "sfc": _mlp([256, 256, 256]),
-          "lfc": _mlp([1024, 1024, 1024]), "cnv": _cnv, "lenet": _lenet}
+          "lfc": _mlp([1024, 1024, 1024]), "cnv": _conv_net("cnv"),
+          "lenet": _conv_net("lenet")}
 
 
 def build_model(name: str, input_shape: int | tuple[int, ...], num_classes: int,
-                methods: Methods | None = None, dropout: float = 0.0) -> BinaryNet:
+                methods: Methods | None = None, dropout: float = 0.0,
+                input_threshold: float = 0.5) -> BinaryNet:
     """Build a zoo model for inputs of ``input_shape`` (an int means flat inputs).
 
     Parameters
@@ -453,10 +433,8 @@ def build_model(name: str, input_shape: int | tuple[int, ...], num_classes: int,
         One example's shape as the dataset stores it (e.g. ``(28, 28)``, ``(3, 32, 32)``).
     num_classes : int
         Number of scores.
-    methods : Methods, optional
-        Training methods; ``Methods()`` by default.
-    dropout : float
-        Dropout after hidden dense activations.
+    methods, dropout, input_threshold
+        As for :class:`BinaryMLP` (conv nets have no input threshold: it must stay 0.5).
 
     Raises
     ------
@@ -468,4 +446,4 @@ def build_model(name: str, input_shape: int | tuple[int, ...], num_classes: int,
         build = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    return build(shape, num_classes, methods, dropout)
+    return build(shape, num_classes, methods, dropout, input_threshold)

@@ -50,6 +50,9 @@ class TrainConfig:
         The training methods, see :class:`bnnflow.models.Methods`.
     dropout : float
         Dropout after hidden dense activations (bnn_pynq uses 0.2).
+    input_threshold : float
+        The MLPs binarize a pixel to +1 at ``pixel * input_scale >= input_threshold``
+        (0.5: bnn_pynq's ``2x - 1``; about 0.1 suits Fashion-MNIST).
     """
 
     model: str = "tfc"
@@ -67,6 +70,7 @@ class TrainConfig:
     binealnet: bool = False
     abc_bases: int = 1
     dropout: float = 0.0
+    input_threshold: float = 0.5
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -165,7 +169,8 @@ def train(ds: Dataset, cfg: TrainConfig = TrainConfig()) -> TrainResult:
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, cfg.methods, cfg.dropout)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, cfg.methods, cfg.dropout,
+                        cfg.input_threshold)
     # The scores are integer dot products in [-n, n]; a learnable temperature (training only,
     # not exported, argmax-neutral) scales them into a range softmax cross-entropy likes.
     log_temp = torch.nn.Parameter(torch.tensor(math.log(4.0 / math.sqrt(model.score_fan_in))))
@@ -212,6 +217,8 @@ def export(model: torch.nn.Module, ds: Dataset, path: str | Path, name: str) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     example = _inputs(ds, ds.x_test[:1])
+    if hasattr(model, "chw"):  # conv nets: export with the channel axis, (1, C, H, W)
+        example = example.reshape(1, *model.chw)
     export_qonnx(model, example, str(path), dynamo=False)
     proto = onnx.load(str(path))
     meta = {"pixel_max": str(ds.pixel_max), "input_scale": repr(float(np.float32(ds.input_scale))),

@@ -1,16 +1,19 @@
-"""The model zoo: topologies, QONNX export, bit-exact import of the MLPs, clear refusal of the
-conv nets, and the digits TFC's accuracy with the default training config."""
+"""The model zoo: topologies, QONNX export, bit-exact import into the IR, compile's clear
+refusal of the conv nets, and the digits TFC's accuracy with the default training config."""
+
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from brevitas.nn import QuantConv2d, QuantLinear
+from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 
 from bnnflow import datasets
 from bnnflow.datasets import Dataset
-from bnnflow.frontend import FrontendError, import_qonnx
-from bnnflow.models import MODELS, BinaryConvNet, BinaryMLP, build_model
+from bnnflow.frontend import import_qonnx
+from bnnflow.models import MODELS, BinaryConvNet, BinaryMLP, Methods, build_model
 from bnnflow.reference import run
 from bnnflow.train import TrainConfig, export, torch_scores, train
 
@@ -57,8 +60,10 @@ def test_cnv_is_bnn_pynq_cnv():
                      (128, 128, (3, 3)), (128, 256, (3, 3)), (256, 256, (3, 3))]
     assert widths(model) == [(256, 512), (512, 512), (512, 10)]
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules()) == 2
-    # The first layer sees the 8-bit pixels (no input quantizer), binary weights after it.
-    assert isinstance(model.conv_features[0], QuantConv2d)
+    # bnn_pynq's 8-bit (Q1.7) input quantizer, then binary weights on integer levels.
+    assert isinstance(model.conv_features[0], QuantIdentity)
+    assert model.conv_features[0].act_quant.bit_width() == 8
+    assert isinstance(model.conv_features[1], QuantConv2d)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -69,6 +74,8 @@ def test_lenet_shape_and_small_images():
     assert model(torch.rand(3, 28, 28)).shape == (3, 10)
     with pytest.raises(ValueError, match="too small"):
         build_model("lenet", (8, 8), 10)
+    with pytest.raises(ValueError, match="input_threshold applies to the MLPs"):
+        build_model("lenet", (28, 28), 10, input_threshold=0.1)
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", (28, 28), 10)
 
@@ -80,15 +87,17 @@ def test_binary_mlp_constructor_still_works():
     assert model(torch.rand(5, 64)).shape == (5, 10)
 
 
-@pytest.mark.parametrize("name", ["tfc", "sfc", "lfc"])
-def test_mlps_export_and_import_bit_exactly(name, tmp_path):
+@pytest.mark.parametrize("name, threshold, pixel", [("tfc", 0.5, 128), ("sfc", 0.5, 128),
+                                                    ("lfc", 0.5, 128), ("tfc", 0.1, 26)])
+def test_mlps_export_and_import_bit_exactly(name, threshold, pixel, tmp_path):
     ds = fake_dataset((28, 28))
     torch.manual_seed(0)
-    model = build_model(name, ds.input_shape, 10)
+    model = build_model(name, ds.input_shape, 10, input_threshold=threshold)
     randomize_batchnorm(model)
     path = export(model, ds, tmp_path / "m.onnx", name)
     net = import_qonnx(path)
     assert net.input.pixel_max == 255 and net.input.shape == (28, 28)
+    assert net.input.binarize_threshold == pixel  # first pixel >= threshold * 255
     assert [layer.weights.shape[1] for layer in net.layers][0] == 784
     x = np.concatenate([ds.x_test, fake_dataset((28, 28), 40, seed=1).x_test])
     t_scores = torch_scores(model, ds, x)
@@ -98,15 +107,30 @@ def test_mlps_export_and_import_bit_exactly(name, tmp_path):
     assert len(np.unique(ref.classes)) > 1
 
 
-@pytest.mark.parametrize("name, shape", [("cnv", (3, 32, 32)), ("lenet", (28, 28))])
-def test_conv_nets_export_but_the_front_end_refuses_conv(name, shape, tmp_path):
-    ds = fake_dataset(shape, n=4)
-    path = export(build_model(name, shape, 10), ds, tmp_path / f"{name}.onnx", name)
+@pytest.mark.parametrize("name, shape, methods", [
+    ("cnv", (3, 32, 32), Methods()), ("lenet", (28, 28), Methods()),
+    ("lenet", (28, 28), Methods(binealnet=True, weight_scaling="forward"))])
+def test_conv_nets_import_bit_exactly_but_compile_refuses_conv(name, shape, methods, tmp_path):
+    ds = fake_dataset(shape, n=16)
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10, methods)
+    randomize_batchnorm(model)
+    path = export(model, ds, tmp_path / f"{name}.onnx", name)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "Conv" in ops and "MaxPool" in ops
-    assert "Quant" not in ops  # the 8-bit pixels go straight into the first conv
-    with pytest.raises(FrontendError, match=r"\(Conv\): Conv layers are not supported .* yet"):
-        import_qonnx(path)
+    assert {"Quant", "Conv", "MaxPool"} <= set(ops)
+    net = import_qonnx(path)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds[:3] == (["Conv", "Conv", "MaxPool"] if name == "cnv" else
+                         ["Conv", "MaxPool", "Conv"])
+    assert net.layers[0].integer_input
+    t_scores = torch_scores(model, ds, ds.x_test)
+    ref = run(net, ds.x_test)
+    assert np.array_equal(ref.scores, t_scores.astype(np.int64))
+    assert len(np.unique(ref.scores, axis=0)) == len(ds.x_test)  # inputs reach the scores
+    proc = subprocess.run([sys.executable, "-m", "bnnflow.cli", "compile", str(path), "-o",
+                           str(tmp_path / "build")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "(Conv): the hardware generator does not support convolution" in proc.stderr
 
 
 def test_zoo_names():
