@@ -129,7 +129,8 @@ def cmd_compile(args) -> None:
 def cmd_verify(args) -> None:
     from .verify import verify_run
 
-    report = verify_run(Path(args.run), Path(args.build), args.dataset, args.data_dir)
+    report = verify_run(Path(args.run), Path(args.build), args.dataset, args.data_dir,
+                        args.qonnx_limit)
     print(json.dumps(report, indent=2))
     if report["mismatches_torch"] or report["mismatches_qonnx"]:
         raise SystemExit(1)
@@ -333,6 +334,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("build", help="build folder of `bnnflow compile`")
     v.add_argument("--dataset", default="digits")
     v.add_argument("--data-dir")
+    v.add_argument("--qonnx-limit", type=int, help="check qonnx on the first N test images only "
+                                                   "(it executes node by node; default: all)")
     v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("simulate", help="cocotb + Verilator simulation against the reference")

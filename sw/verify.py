@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets
-from .inputs import to_bits
 from .ir import Network
 from .reference import run
 
@@ -37,11 +36,16 @@ def qonnx_scores(model_path: str | Path, x: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
-def verify_run(run_dir: Path, build: Path, dataset: str = "digits", data_dir=None) -> dict:
-    """Compare reference, PyTorch and qonnx on the test set; writes ``BUILD/verify.json``."""
+def verify_run(run_dir: Path, build: Path, dataset: str = "digits", data_dir=None,
+               qonnx_limit: int | None = None) -> dict:
+    """Compare reference, PyTorch and qonnx on the test set; writes ``BUILD/verify.json``.
+
+    PyTorch's scores (saved by ``bnnflow train``) are compared on the whole test set; qonnx,
+    which executes node by node in Python, on the first ``qonnx_limit`` images (all if None).
+    """
     net = Network.load(build)
     ds = datasets.load(dataset, data_dir)
-    ref = run(net, to_bits(net, ds.x_test, f"dataset {dataset}"), bits=True)
+    ref = run(net, ds.x_test)
     report = {"frames": len(ds.x_test),
               "reference_accuracy": float((ref.classes == ds.y_test).mean())}
 
@@ -51,10 +55,12 @@ def verify_run(run_dir: Path, build: Path, dataset: str = "digits", data_dir=Non
     report["mismatches_torch"] = int(np.sum(
         (t_scores.argmax(1) != ref.classes) | np.any(t_scores != ref.scores, axis=1)))
 
-    x = (ds.x_test.astype(np.float32) * np.float32(net.input.input_scale))
+    k = len(ds.x_test) if qonnx_limit is None else min(qonnx_limit, len(ds.x_test))
+    x = ds.x_test[:k].astype(np.float32) * np.float32(net.input.input_scale)
     q_scores = qonnx_scores(run_dir / "model.onnx", x)
-    report["qonnx_accuracy"] = float((q_scores.argmax(1) == ds.y_test).mean())
+    report["qonnx_frames"] = k
+    report["qonnx_accuracy"] = float((q_scores.argmax(1) == ds.y_test[:k]).mean())
     report["mismatches_qonnx"] = int(np.sum(
-        (q_scores.argmax(1) != ref.classes) | np.any(q_scores != ref.scores, axis=1)))
+        (q_scores.argmax(1) != ref.classes[:k]) | np.any(q_scores != ref.scores[:k], axis=1)))
     (build / "verify.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
