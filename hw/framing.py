@@ -15,6 +15,7 @@ from ..protocol import (
     DEFAULT_ESCAPED,
     ESCAPE,
     ESCAPE_XOR,
+    REPLAY_ARG_SIZE,
     START,
     Command,
     ErrorCode,
@@ -30,14 +31,17 @@ RxByteLayout = data.StructLayout({"data": 8, "start": 1})
 #: A frame body byte to transmit (``cmd`` .. payload); ``last`` marks the final one.
 TxByteLayout = data.StructLayout({"data": 8, "last": 1})
 
-#: A received request, valid until the responder has finished with the buffer. ``units`` is the
-#: number of whole ``unit``-byte items in the payload and ``aligned`` whether nothing is left.
+#: A received request. ``units`` is the number of whole ``unit``-byte items in the payload after
+#: the command's argument bytes (``arg``, little-endian: the repeat count of REPLAY), and
+#: ``aligned`` whether nothing is left over; ``bank`` is the buffer half holding the items.
 RequestLayout = data.StructLayout({
     "cmd": Command,
     "seq": 8,
     "length": 16,
+    "arg": 8 * REPLAY_ARG_SIZE,
     "units": 8,
     "aligned": 1,
+    "bank": 1,
     "error": 1,
     "code": ErrorCode,
 })
@@ -82,23 +86,26 @@ class _Rx(enum.Enum, shape=4):
 class FrameRx(wiring.Component):
     """Receives frames, writes their payload to a buffer and emits one request per frame.
 
-    A START anywhere restarts reception, so a truncated frame is dropped. The request is
-    emitted after the CRC has been checked (``error`` with ``BAD_CRC``), or right after the
-    header when the length exceeds ``max_payload`` (``OVERFLOW``); it stays valid until the
-    consumer, done with the buffer, accepts it. Meanwhile no byte is consumed.
+    The buffer has two banks of ``2**ceil_log2(max_payload)`` bytes; each accepted request
+    switches reception to the other bank, so the next request can arrive while the responder
+    still replays this one's images. A START anywhere restarts reception, so a truncated frame
+    is dropped. The request is emitted after the CRC has been checked (``error`` with
+    ``BAD_CRC``), or right after the header when the length exceeds ``max_payload`` plus the
+    command's argument bytes (``OVERFLOW``); it stays valid until the responder accepts it.
+    Meanwhile no byte is consumed.
 
     Parameters
     ----------
     max_payload : int
-        Buffer size in bytes.
+        Bank size in bytes (the items of one request).
     unit : int
-        Item size in bytes for ``units``/``aligned`` (an image, for INFER).
+        Item size in bytes for ``units``/``aligned`` (an image).
 
     Attributes
     ----------
     i : In(stream.Signature(RxByteLayout))
-    wr : In(WritePort.Signature(addr_width=ceil_log2(max_payload), shape=8))
-        Drives the buffer's write port.
+    wr : In(WritePort.Signature(addr_width=ceil_log2(max_payload) + 1, shape=8))
+        Drives the buffer's write port; the top address bit is the bank.
     req : Out(stream.Signature(RequestLayout))
     """
 
@@ -106,7 +113,7 @@ class FrameRx(wiring.Component):
         self.max_payload, self.unit = max_payload, unit
         super().__init__({
             "i": In(stream.Signature(RxByteLayout)),
-            "wr": In(WritePort.Signature(addr_width=ceil_log2(max_payload), shape=8)),
+            "wr": In(WritePort.Signature(addr_width=ceil_log2(max_payload) + 1, shape=8)),
             "req": Out(stream.Signature(RequestLayout)),
         })
 
@@ -114,14 +121,18 @@ class FrameRx(wiring.Component):
         m = Module()
         m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
         phase = Signal(_Rx)
-        count = Signal(range(self.max_payload + 1))
+        count = Signal(range(self.max_payload + REPLAY_ARG_SIZE + 1))  # payload bytes so far
+        addr = Signal(ceil_log2(self.max_payload))
+        args = Signal(range(REPLAY_ARG_SIZE + 1))  # argument bytes still to come
         rem = Signal(range(self.unit))
         fcs = Signal(16)
         req = self.req.payload
         byte = self.i.payload.data
         length = Cat(req.length[:8], byte)  # the full length while receiving its high byte
+        arg_bytes = Mux(req.cmd == Command.REPLAY, REPLAY_ARG_SIZE, 0)
 
-        m.d.comb += [crc.data.eq(byte), self.wr.addr.eq(count), self.wr.data.eq(byte)]
+        m.d.comb += [crc.data.eq(byte), self.wr.addr.eq(Cat(addr, req.bank)),
+                     self.wr.data.eq(byte)]
         m.d.comb += self.i.ready.eq((phase != _Rx.CHECK) & (phase != _Rx.HOLD))
         with m.If(self.i.valid & self.i.ready):
             with m.If(self.i.payload.start):
@@ -138,9 +149,9 @@ class FrameRx(wiring.Component):
                     with m.Case(_Rx.LEN0):
                         m.d.sync += [req.length[:8].eq(byte), phase.eq(_Rx.LEN1)]
                     with m.Case(_Rx.LEN1):
-                        m.d.sync += [req.length[8:].eq(byte), count.eq(0), rem.eq(0),
-                                     req.units.eq(0)]
-                        with m.If(length > self.max_payload):
+                        m.d.sync += [req.length[8:].eq(byte), count.eq(0), addr.eq(0), rem.eq(0),
+                                     req.units.eq(0), req.arg.eq(0), args.eq(arg_bytes)]
+                        with m.If(length > self.max_payload + arg_bytes):
                             m.d.sync += [req.error.eq(1), req.code.eq(ErrorCode.OVERFLOW),
                                          self.req.valid.eq(1), phase.eq(_Rx.HOLD)]
                         with m.Elif(length == 0):
@@ -148,10 +159,15 @@ class FrameRx(wiring.Component):
                         with m.Else():
                             m.d.sync += phase.eq(_Rx.PAYLOAD)
                     with m.Case(_Rx.PAYLOAD):
-                        m.d.comb += self.wr.en.eq(1)
-                        m.d.sync += [count.eq(count + 1), rem.eq(rem + 1)]
-                        with m.If(rem == self.unit - 1):
-                            m.d.sync += [rem.eq(0), req.units.eq(req.units + 1)]
+                        m.d.sync += count.eq(count + 1)
+                        with m.If(args != 0):
+                            m.d.sync += [args.eq(args - 1),
+                                         req.arg.eq(Cat(req.arg[8:], byte))]
+                        with m.Else():
+                            m.d.comb += self.wr.en.eq(1)
+                            m.d.sync += [addr.eq(addr + 1), rem.eq(rem + 1)]
+                            with m.If(rem == self.unit - 1):
+                                m.d.sync += [rem.eq(0), req.units.eq(req.units + 1)]
                         with m.If(count + 1 == req.length):
                             m.d.sync += phase.eq(_Rx.CRC0)
                     with m.Case(_Rx.CRC0):
@@ -161,9 +177,10 @@ class FrameRx(wiring.Component):
         with m.If(phase == _Rx.CHECK):
             # The CRC register has absorbed the last payload byte at least two cycles ago.
             m.d.sync += [req.error.eq(crc.crc != fcs), req.code.eq(ErrorCode.BAD_CRC),
-                         req.aligned.eq(rem == 0), self.req.valid.eq(1), phase.eq(_Rx.HOLD)]
+                         req.aligned.eq((rem == 0) & (args == 0)), self.req.valid.eq(1),
+                         phase.eq(_Rx.HOLD)]
         with m.If((phase == _Rx.HOLD) & self.req.ready):
-            m.d.sync += [self.req.valid.eq(0), phase.eq(_Rx.HUNT)]
+            m.d.sync += [self.req.valid.eq(0), phase.eq(_Rx.HUNT), req.bank.eq(~req.bank)]
         return m
 
 

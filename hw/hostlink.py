@@ -3,13 +3,17 @@
 Pipeline (every arrow a stream connected with ``connect``)::
 
     rx bytes -> Unescaper -> FrameRx --req--> Responder -> FrameTx -> tx bytes
-                              | write          |  ^
+                              | write          |  ^  +--meter--> ReplayMeter
                               v                |  | core_out
-                           Memory --read--> ImageReplay -> core_in
+                  Memory (2 banks) --read--> ImageReplay -> core_in
 
 :class:`FrameRx` buffers a whole request and checks its CRC and length before anything reaches
-the core, so a corrupted request is answered by an ERROR frame and never runs. The protocol
-(frame format, :class:`~bnnflow.protocol.Command`, :class:`~bnnflow.protocol.ErrorCode`,
+the core, so a corrupted request is answered by an ERROR frame and never runs. The buffer has
+two banks: while one request is replayed and answered, the next one arrives in the other bank,
+so a host that keeps two requests outstanding (sending request ``n + 2`` once response ``n``
+is complete) keeps the transmit line busy. A third outstanding request would overrun the UART
+receiver and be lost (and retried by the driver). The protocol (frame format,
+:class:`~bnnflow.protocol.Command`, :class:`~bnnflow.protocol.ErrorCode`,
 :class:`~bnnflow.protocol.DeviceInfo`) is defined once in :mod:`bnnflow.protocol`.
 """
 
@@ -19,13 +23,15 @@ from amaranth.hdl import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
+from amaranth.utils import ceil_log2
 
-from ..protocol import DEFAULT_ESCAPED, DeviceInfo
+from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
 from .framing import FrameRx, FrameTx, Unescaper
-from .responder import ImageReplay, Responder, core_in_layout, core_out_layout
+from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
 from .uart import ByteLayout, UARTRx, UARTTx
 
 __all__ = [
+    "DEFAULT_CLK_HZ",
     "core_in_layout",
     "core_out_layout",
     "core_params",
@@ -35,6 +41,9 @@ __all__ = [
 ]
 
 MAX_IMAGES = 255  # the IDENTIFY struct reports the image count in one byte
+#: The clock a :class:`HostTop` reports when none is given: the ULX3S's oscillator, and the
+#: nominal clock of the simulated board (``sim_divisor`` 8 is then 3.125 Mbaud).
+DEFAULT_CLK_HZ = 25_000_000
 
 
 def core_params(core: wiring.Component) -> dict:
@@ -66,9 +75,12 @@ class HostLink(wiring.Component):
     design_id : bytes or str
         8 bytes (or 16 hex digits) reported by IDENTIFY.
     max_payload : int
-        Request buffer size in bytes; rounded down to whole images (at most 255).
+        Request bank size in bytes; rounded down to whole images (at most 255). The buffer
+        holds two banks.
     escaped : set of int
-        Bytes escaped on transmit.
+        Bytes escaped on transmit (choose for the board's USB-serial bridge).
+    clk_hz : int
+        The clock frequency reported by IDENTIFY (0: unknown).
 
     Attributes
     ----------
@@ -81,18 +93,21 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, n_inputs, num_classes, cls_bits, score_bits, design_id, max_payload=1024,
-                 *, escaped=DEFAULT_ESCAPED):
+                 *, escaped=DEFAULT_ESCAPED, clk_hz=0):
         if not 1 <= score_bits <= 16:
             raise ValueError(f"score_bits {score_bits} must be in 1..16 (int16 on the wire)")
         if not 1 <= cls_bits <= 8 or num_classes > 1 << cls_bits:
             raise ValueError(f"cls_bits {cls_bits} cannot index {num_classes} classes in a byte")
         image_size = (n_inputs + 7) // 8
         record_size = 1 + 2 * num_classes
-        max_images = min(MAX_IMAGES, max_payload // image_size, 0xFFFF // record_size)
+        max_images = min(MAX_IMAGES, max_payload // image_size,
+                         (0xFFFF - ReplaySummary.SIZE) // record_size)
         if max_images < 1:
             raise ValueError(f"max_payload {max_payload} cannot hold one {image_size}-byte image")
+        if not 0 <= clk_hz < 1 << 32:
+            raise ValueError(f"clk_hz {clk_hz} does not fit the IDENTIFY struct's u32")
         self.info = DeviceInfo(_design_id(design_id), n_inputs, num_classes, max_images,
-                               max_images * image_size)
+                               max_images * image_size, int(clk_hz))
         self.cls_bits, self.score_bits, self.escaped = cls_bits, score_bits, escaped
         super().__init__({
             "rx": In(stream.Signature(ByteLayout)),
@@ -106,10 +121,12 @@ class HostLink(wiring.Component):
         info = self.info
         m.submodules.unescaper = unescaper = Unescaper()
         m.submodules.frame_rx = frame_rx = FrameRx(info.max_payload, info.image_size)
-        m.submodules.buffer = buffer = Memory(shape=8, depth=info.max_payload, init=[])
+        depth = 2 << ceil_log2(info.max_payload)
+        m.submodules.buffer = buffer = Memory(shape=8, depth=depth, init=[])
         m.submodules.replay = replay = ImageReplay(info.max_payload, info.image_size)
         m.submodules.responder = responder = Responder(
             info, core_out_layout(info.num_classes, self.cls_bits, self.score_bits))
+        m.submodules.meter = meter = ReplayMeter(8 * info.record_size)
         m.submodules.frame_tx = frame_tx = FrameTx(self.escaped)
 
         connect(m, flipped(self.rx), unescaper.i)
@@ -117,6 +134,7 @@ class HostLink(wiring.Component):
         connect(m, frame_rx.wr, buffer.write_port())
         connect(m, frame_rx.req, responder.req)
         connect(m, responder.replay, replay.ctl)
+        connect(m, responder.meter, meter.bus)
         connect(m, replay.rd, buffer.read_port())
         connect(m, replay.o, flipped(self.core_in))
         connect(m, flipped(self.core_out), responder.core_out)
@@ -136,12 +154,19 @@ class HostTop(wiring.Component):
         :class:`~bnnflow.hw.core.BnnCore` with ``in_width=8``.
     design_id : bytes or str
         8 bytes (or 16 hex digits) reported by IDENTIFY.
-    divisor : int
-        UART clock cycles per bit (``clk_hz // baud``).
+    divisor : int or fractions.Fraction
+        UART clock cycles per bit, ``clk_hz / baud`` (see
+        :func:`bnnflow.hw.uart.baud_divisor`).
     n_inputs : int, optional
         Input bits per image; defaults to ``core.n_inputs``, else ``core.net.input.size``.
     max_payload : int
-        Request buffer size in bytes (block RAM).
+        Request bank size in bytes (block RAM holds two banks).
+    escaped : set of int
+        Bytes escaped on transmit.
+    clk_hz : int
+        The ``sync`` clock frequency, reported by IDENTIFY so the host can turn REPLAY's cycle
+        counts into frames per second. Pass the board's actual clock (the PLL output when
+        there is one); the default is :data:`DEFAULT_CLK_HZ`.
 
     Attributes
     ----------
@@ -155,7 +180,7 @@ class HostTop(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, core, design_id, divisor, *, n_inputs=None, max_payload=1024,
-                 escaped=DEFAULT_ESCAPED):
+                 escaped=DEFAULT_ESCAPED, clk_hz=DEFAULT_CLK_HZ):
         if n_inputs is None:
             n_inputs = getattr(core, "n_inputs", None)
             if n_inputs is None and hasattr(core, "net"):  # a BnnCore
@@ -166,7 +191,7 @@ class HostTop(wiring.Component):
         self.core = core
         self.divisor = divisor
         self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,
-                             escaped=escaped, **core_params(core))
+                             escaped=escaped, clk_hz=clk_hz, **core_params(core))
         super().__init__()
 
     @property

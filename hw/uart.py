@@ -1,25 +1,95 @@
 """8N1 UART receiver and transmitter with byte streams.
 
-Both take ``divisor``, the number of clock cycles per bit (``clk_hz // baud``). The receiver
-synchronizes the pin through two flip-flops, samples each bit in its middle, and reports a
-stop bit of 0 as a framing error (dropping the byte), so a glitch or a baud mismatch never
-produces a plausible-looking byte.
+Both take ``divisor``, the clock cycles per bit ``clk_hz / baud``: an integer, or a
+:class:`~fractions.Fraction` for rates the clock does not divide. A fractional divisor ``p/q``
+runs a phase accumulator (``+q`` per cycle, a bit boundary whenever it reaches ``p``), so bits
+last ``floor(p/q)`` or ``ceil(p/q)`` cycles and the average rate is exact; every edge is within
+one clock of where an ideal UART puts it. The receiver synchronizes the pin through two
+flip-flops, samples each bit in its middle, and reports a stop bit of 0 as a framing error
+(dropping the byte), so a glitch or a baud mismatch never produces a plausible-looking byte.
+The transmitter sends back-to-back bytes with no idle time between a stop bit and the next
+start bit.
+
+Achievable rates (divisor at least 4). The receiver accepts a sender off by about +-4 % in
+simulation (-5 %..+4 % at 8 clocks per bit, less margin at smaller divisors since the start
+edge is found to within one clock); allow for the bridge's own error on a board:
+
+============  ==========================  ==============================================
+clock         integer divisors            fractional divisors
+============  ==========================  ==============================================
+12 MHz        4: 3 Mbaud, 12: 1 Mbaud     any rate up to 3 Mbaud
+25 MHz        8: 3.125 Mbaud (3 Mbaud is  25/3: 3 Mbaud exactly (the FT231X's maximum on
+              4.2 % slower: no margin),   the ULX3S); any rate up to 6.25 Mbaud
+              25: 1 Mbaud, 217: 115200
+48 MHz        16: 3 Mbaud, 48: 1 Mbaud    any rate up to 12 Mbaud
+============  ==========================  ==============================================
+
+:func:`baud_divisor` picks the divisor for a clock and a rate.
 """
+
+from fractions import Fraction
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ByteLayout", "UARTRx", "UARTTx"]
+__all__ = ["ByteLayout", "baud_divisor", "UARTRx", "UARTTx"]
 
 #: Payload of every byte stream in the host link.
 ByteLayout = data.StructLayout({"data": 8})
 
+_MAX_DENOMINATOR = 64
+_LAG = 1
 
-def _check_divisor(divisor):
-    if not isinstance(divisor, int) or divisor < 4:
-        raise ValueError(f"UART divisor must be an integer >= 4 clocks per bit, got {divisor!r}")
+
+def _check_divisor(divisor) -> Fraction:
+    if isinstance(divisor, bool) or not isinstance(divisor, int | Fraction):
+        raise ValueError(f"UART divisor must be an int or a Fraction, got {divisor!r}")
+    divisor = Fraction(divisor)
+    if divisor < 4 or divisor.denominator > _MAX_DENOMINATOR:
+        raise ValueError(f"UART divisor must be >= 4 clocks per bit with a denominator of at "
+                         f"most {_MAX_DENOMINATOR}, got {divisor}")
+    return divisor
+
+
+def baud_divisor(clk_hz, baud, *, fractional: bool = True):
+    """Clock cycles per bit for ``baud`` at ``clk_hz``.
+
+    Parameters
+    ----------
+    clk_hz, baud : float
+        Clock frequency and baud rate in Hz.
+    fractional : bool
+        If False, round to the nearest integer divisor (the rate is then off by up to half a
+        clock per bit); otherwise an exact :class:`~fractions.Fraction` when the clock does
+        not divide the rate (denominator at most 64).
+
+    Returns
+    -------
+    int or fractions.Fraction
+    """
+    ratio = Fraction(clk_hz) / Fraction(baud)
+    ratio = round(ratio) if not fractional else ratio.limit_denominator(_MAX_DENOMINATOR)
+    if ratio.denominator == 1:
+        ratio = int(ratio)
+    if ratio < 4:
+        raise ValueError(f"{baud} baud needs at least 4 clocks per bit: {clk_hz / 4:.0f} Hz at "
+                         f"most at {clk_hz} Hz")
+    return ratio
+
+
+def _bit_timer(m, divisor: Fraction, run):
+    """A phase accumulator ticking once per bit (on average) while ``run``; returns
+    ``(phase, tick)``. Set ``phase`` to ``p - x`` for a first tick after ``ceil(x/q)``
+    cycles."""
+    p, q = divisor.numerator, divisor.denominator
+    phase = Signal(range(p + q))
+    tick = Signal()
+    m.d.comb += tick.eq(run & (phase + q >= p))
+    with m.If(run):
+        m.d.sync += phase.eq(phase + q - (tick * p))
+    return phase, tick
 
 
 class UARTRx(wiring.Component):
@@ -27,7 +97,7 @@ class UARTRx(wiring.Component):
 
     Parameters
     ----------
-    divisor : int
+    divisor : int or fractions.Fraction
         Clock cycles per bit, at least 4.
 
     Attributes
@@ -49,16 +119,21 @@ class UARTRx(wiring.Component):
     overrun: Out(1)
 
     def __init__(self, divisor):
-        _check_divisor(divisor)
-        self.divisor = divisor
+        self.divisor = _check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
         rx = Signal(init=1)
         m.submodules.sync = FFSynchronizer(self.rx, rx, init=1)
+        p, q = self.divisor.numerator, self.divisor.denominator
+        # The start edge reaches the FSM through the synchronizer; a half-bit wait one cycle
+        # short centres the samples, so fast and slow senders are tolerated alike (about
+        # +-4 % at 8 clocks per bit; it matters at the few clocks per bit of a 3 Mbaud link).
+        to_middle = min(p - p // 2 + _LAG * q, p - q)
 
-        timer = Signal(range(self.divisor))
+        running = Signal()
+        phase, tick = _bit_timer(m, self.divisor, running)
         bit = Signal(range(8))
         shreg = Signal(8)
 
@@ -68,26 +143,26 @@ class UARTRx(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~rx):
-                    m.d.sync += timer.eq(self.divisor // 2 - 1)
+                    # First tick half a bit after the edge: the middle of the start bit.
+                    m.d.sync += phase.eq(to_middle)
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
+                m.d.comb += running.eq(1)
+                with m.If(tick):
+                    m.d.sync += bit.eq(0)
                     # A low pulse shorter than half a bit is noise, not a start bit.
                     m.next = "IDLE"
                     with m.If(~rx):
                         m.next = "DATA"
             with m.State("DATA"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.sync += [timer.eq(self.divisor - 1), shreg.eq(Cat(shreg[1:], rx)),
-                                 bit.eq(bit + 1)]
+                m.d.comb += running.eq(1)
+                with m.If(tick):
+                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), bit.eq(bit + 1)]
                     with m.If(bit == 7):
                         m.next = "STOP"
             with m.State("STOP"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
+                m.d.comb += running.eq(1)
+                with m.If(tick):
                     with m.If(rx):
                         with m.If(self.o.valid & ~self.o.ready):
                             m.d.comb += self.overrun.eq(1)
@@ -109,13 +184,13 @@ class UARTTx(wiring.Component):
 
     Parameters
     ----------
-    divisor : int
+    divisor : int or fractions.Fraction
         Clock cycles per bit, at least 4.
 
     Attributes
     ----------
     i : In(stream.Signature(ByteLayout))
-        Bytes to send; one is accepted whenever the transmitter is idle.
+        Bytes to send; one is accepted when the transmitter is idle or its stop bit ends.
     tx : Out(1)
         The serial line, idle high.
     """
@@ -124,25 +199,21 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, divisor):
-        _check_divisor(divisor)
-        self.divisor = divisor
+        self.divisor = _check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        timer = Signal(range(self.divisor))
         shreg = Signal(10, init=0x3FF)  # stop bit, 8 data bits LSB first, start bit
-        bits = Signal(range(11))
+        bits = Signal(range(11))  # bits left to send, 0 when idle
+        phase, tick = _bit_timer(m, self.divisor, bits != 0)
 
-        m.d.comb += self.tx.eq(shreg[0])
-        with m.If(bits == 0):
-            m.d.comb += self.i.ready.eq(1)
-            with m.If(self.i.valid):
-                m.d.sync += [shreg.eq((self.i.payload.data << 1) | (1 << 9)),
-                             bits.eq(10), timer.eq(self.divisor - 1)]
-        with m.Else():
-            m.d.sync += timer.eq(timer - 1)
-            with m.If(timer == 0):
-                m.d.sync += [shreg.eq((shreg >> 1) | (1 << 9)), bits.eq(bits - 1),
-                             timer.eq(self.divisor - 1)]
+        m.d.comb += [self.tx.eq(shreg[0]),
+                     self.i.ready.eq((bits == 0) | ((bits == 1) & tick))]
+        with m.If(tick):
+            m.d.sync += [shreg.eq((shreg >> 1) | (1 << 9)), bits.eq(bits - 1)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [shreg.eq(Cat(0, self.i.payload.data, 1)), bits.eq(10)]
+            with m.If(bits == 0):  # back to back, the phase carries on to keep the rate exact
+                m.d.sync += phase.eq(0)
         return m

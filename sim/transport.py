@@ -9,6 +9,10 @@ simulated design exactly as it drives a board.
 
 Verilator comes from the ``verilator`` Python package; its ``bin/`` directory is put first on
 the subprocess ``PATH`` and ``VERILATOR_ROOT`` is set, so users configure nothing.
+
+A control socket to the harness reads :class:`LinkCounters` (:meth:`SimTransport.counters`):
+bytes and first/last bit times on each UART line in simulated cycles, so link utilisation is
+measured against the simulated baud rate, independent of the host's speed.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ import json
 import os
 import re
 import select
+import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..driver import DriverError, Transport
 from .runner import verilator_env
 
-__all__ = ["HARNESS", "verilator_env", "build_harness", "SimTransport"]
+__all__ = ["HARNESS", "verilator_env", "build_harness", "LinkCounters", "SimTransport"]
 
 HARNESS = Path(__file__).with_name("harness.cpp")
 _SUBDIR = "simtransport"
@@ -98,6 +104,40 @@ def build_harness(build_dir, *, jobs: int | None = None) -> tuple[Path, float]:
         return exe, seconds
 
 
+@dataclass(frozen=True)
+class LinkCounters:
+    """UART traffic of the simulated design over a window, in clock cycles.
+
+    ``rx`` is the design's receive line (host to device), ``tx`` its transmit line. The
+    ``*_first`` and ``*_end`` fields are the cycles the first start bit began and the last stop
+    bit ended, -1 when the line carried nothing in the window.
+    """
+
+    cycles: int
+    rx_bytes: int
+    rx_first: int
+    rx_end: int
+    tx_bytes: int
+    tx_first: int
+    tx_end: int
+    divisor: int
+
+    @property
+    def span(self) -> int:
+        """Cycles from the first request bit to the last response bit (0 if no traffic)."""
+        if self.rx_first < 0 or self.tx_end < 0:
+            return 0
+        return self.tx_end - self.rx_first
+
+    def busy(self, line: str) -> float:
+        """Fraction of the time ``"rx"`` or ``"tx"`` carried bits between its first and last
+        bit: 1.0 means the bytes went back to back."""
+        first, end = getattr(self, f"{line}_first"), getattr(self, f"{line}_end")
+        if first < 0 or end <= first:
+            return 0.0
+        return getattr(self, f"{line}_bytes") * 10 * self.divisor / (end - first)
+
+
 class SimTransport(Transport):
     """The design of a build directory, simulated by Verilator behind its UART pins.
 
@@ -125,14 +165,19 @@ class SimTransport(Transport):
             raise DriverError(f"{manifest_path}: cannot read 'sim_divisor' ({e})") from None
         # A conservative simulation speed, only to stretch the driver's timeouts.
         self.byte_time = 10 * divisor / _MIN_CYCLES_PER_SECOND
+        self.cycle_time = 1 / _MIN_CYCLES_PER_SECOND
+        self.divisor = divisor
         exe, self.build_seconds = build_harness(self.build_dir)
-        args = [str(exe), str(divisor)]
-        if "sim_pending_limit" in manifest:
-            args.append(str(int(manifest["sim_pending_limit"])))
+        self._control, theirs = socket.socketpair()
+        args = [str(exe), str(divisor), str(int(manifest.get("sim_pending_limit", 10**8))),
+                str(theirs.fileno())]
         self.cycles: int | None = None
         self._stderr = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=self._stderr)
+        try:
+            self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=self._stderr, pass_fds=[theirs.fileno()])
+        finally:
+            theirs.close()
         self._stdout = self._proc.stdout.fileno()
 
     def __repr__(self):
@@ -161,6 +206,23 @@ class SimTransport(Transport):
             raise self._died()
         return data
 
+    def counters(self, timeout: float = 10.0) -> LinkCounters:
+        """The UART traffic since the previous call (or the start), in simulated cycles; starts
+        a new window."""
+        self._control.sendall(b"s")
+        line = b""
+        deadline = time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._control], [], [], remaining)[0]:
+                raise DriverError(f"simulation of {self.build_dir} did not report its counters")
+            chunk = self._control.recv(256)
+            if not chunk:
+                raise self._died()
+            line += chunk
+        fields = dict(item.split("=") for item in line.decode().split())
+        return LinkCounters(**{k: int(v) for k, v in fields.items()}, divisor=self.divisor)
+
     def close(self) -> None:
         if self._proc.stdin.closed:
             return
@@ -174,6 +236,7 @@ class SimTransport(Transport):
             self._proc.kill()
             self._proc.wait()
         self._proc.stdout.close()
+        self._control.close()
         self._stderr.seek(0)
         match = re.search(rb"cycles=(\d+)", self._stderr.read())
         self.cycles = int(match.group(1)) if match else None

@@ -33,6 +33,7 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     from bnnflow.boards.registry import get_board
     from bnnflow.hw.core import BnnCore
     from bnnflow.hw.hostlink import HostTop
+    from bnnflow.hw.uart import baud_divisor
 
     info = get_board(board)
     baud = min(baud or DEFAULT_BAUD, info.max_baud)
@@ -40,10 +41,12 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     used = {}
 
     def top(board_info):
-        # board_info.clk_freq is the real sync clock (the PLL's output when one is used).
-        used["divisor"] = round(board_info.clk_freq / baud)
+        # board_info.clk_freq is the real sync clock (the PLL's output when one is used); a
+        # fractional divisor hits e.g. 3 Mbaud exactly from 25 MHz.
+        used["divisor"] = baud_divisor(board_info.clk_freq, baud)
         core = BnnCore(net, folding, manifest.in_width)
-        return HostTop(core, manifest.design_id_bytes, used["divisor"])
+        return HostTop(core, manifest.design_id_bytes, used["divisor"],
+                       clk_hz=int(board_info.clk_freq))
 
     def step(name, seconds):
         if progress:
@@ -57,7 +60,7 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     fields = {k: report.get(k) for k in _REPORT_KEYS if k in report}
     fields["baud"] = baud
     if "divisor" in used:
-        fields["uart_divisor"] = used["divisor"]
+        fields["uart_divisor"] = str(used["divisor"])
     return update_report(build, fields)
 
 

@@ -2,33 +2,52 @@
 
 The same :class:`Accelerator` code drives a board over a serial port (:class:`SerialTransport`)
 and the simulated design (:class:`bnnflow.sim.transport.SimTransport`, the generated Verilog
-under Verilator), so simulation tests exercise the real driver. Only the protocol, packing and
-numpy are imported here; never the generators.
+under Verilator), so simulation tests exercise the real driver. Only the protocol, the build
+manifest and numpy are imported here; never the generators.
+
+Requests are pipelined: up to ``window`` (default 2) are outstanding, which is what the
+gateware's two buffer banks take, so the link's transmit line stays busy. Every attempt gets a
+fresh sequence number and responses come in order, so a lost, corrupted or late response is
+recognized, its request resent, and every result lands at its image's index exactly once.
 
 Example::
 
-    with Accelerator.open("serial:/dev/ttyUSB0", expected_id=build_id) as acc:
-        classes, scores = acc.predict(bits)
+    with Accelerator.open("serial:/dev/ttyUSB0@3000000", build="build") as acc:
+        classes, scores = acc.predict(pixels)
+        print(acc.benchmark(pixels[:100], repeats=1000).report())
 """
 
 from __future__ import annotations
 
-import abc
+import heapq
 import json
 import time
+from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .link import (
+    DEFAULT_BAUD,
+    DesignMismatch,
+    DeviceTimeout,
+    DriverError,
+    SerialTransport,
+    Transport,
+)
 from .protocol import (
+    DEFAULT_ESCAPED,
     Command,
     DecodeError,
     DeviceInfo,
     ErrorCode,
     Frame,
     FrameDecoder,
+    ReplaySummary,
     encode_frame,
     pack_images,
+    pack_replay,
     unpack_results,
 )
 
@@ -38,93 +57,34 @@ __all__ = [
     "DesignMismatch",
     "Transport",
     "SerialTransport",
+    "LinkStats",
     "Accelerator",
 ]
 
-DEFAULT_BAUD = 115200
 _RETRYABLE = {ErrorCode.BAD_CRC.value, ErrorCode.OVERFLOW.value}
+_UNKNOWN_CYCLES_PER_FRAME = 10_000  # only to size REPLAY's wait when the build is not known
 
 
-class DriverError(RuntimeError):
-    """The device answered something the driver cannot use."""
+@dataclass
+class LinkStats:
+    """What the driver saw on the link since it opened.
 
-
-class DeviceTimeout(DriverError, TimeoutError):
-    """No valid response after every retry."""
-
-
-class DesignMismatch(DriverError):
-    """The device runs another design than the build the driver was given."""
-
-
-class Transport(abc.ABC):
-    """A bidirectional byte pipe to a device.
-
-    Attributes
-    ----------
-    byte_time : float
-        Upper bound of the seconds one byte takes on the link; the driver stretches its
-        timeouts by it for long frames.
+    ``retries`` counts resent requests; each resend has one of these causes: ``timeouts``
+    (silence, every outstanding request resent), ``lost`` (a later request was answered
+    first), ``device_errors`` (the device rejected a corrupted request) or a corrupted
+    response (``decode_errors`` also counts corrupted frames the driver could ignore).
+    ``stale`` counts valid responses to requests already resent.
     """
 
-    byte_time: float = 0.0
-
-    @abc.abstractmethod
-    def write(self, data: bytes) -> None:
-        """Send all of ``data``."""
-
-    @abc.abstractmethod
-    def read(self, n: int, timeout: float) -> bytes:
-        """Return 1 to ``n`` bytes as soon as any are available, or ``b""`` after ``timeout``
-        seconds."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release the transport; idempotent."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class SerialTransport(Transport):
-    """A serial port (a board's USB-UART bridge), via pyserial.
-
-    Parameters
-    ----------
-    port : str
-        Device path (``/dev/ttyUSB0``, ``COM3``) or any pyserial URL.
-    baud : int
-        Must match the design's UART divisor (``clk_hz // baud``).
-    """
-
-    def __init__(self, port: str, baud: int = DEFAULT_BAUD):
-        import serial  # only needed for real ports
-
-        self.port = port
-        self.byte_time = 10 / baud  # 8N1
-        self._serial = serial.serial_for_url(port, baudrate=baud, timeout=0)
-        self._serial.reset_input_buffer()
-
-    def write(self, data: bytes) -> None:
-        self._serial.write(data)
-        self._serial.flush()
-
-    def read(self, n: int, timeout: float) -> bytes:
-        self._serial.timeout = max(0.0, timeout)
-        first = self._serial.read(1)
-        if not first or n == 1:
-            return first
-        self._serial.timeout = 0
-        return first + self._serial.read(min(n - 1, self._serial.in_waiting))
-
-    def close(self) -> None:
-        self._serial.close()
-
-    def __repr__(self):
-        return f"serial:{self.port}"
+    requests: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    lost: int = 0
+    device_errors: int = 0
+    decode_errors: int = 0
+    stale: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
 
 
 def _parse_id(design_id) -> bytes | None:
@@ -137,6 +97,22 @@ def _parse_id(design_id) -> bytes | None:
     return bytes(design_id)
 
 
+def _read_manifest(build) -> dict:
+    path = Path(build) / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DriverError(f"{path}: cannot read the build's manifest ({e})") from None
+
+
+def _build_baud(build) -> int:
+    """The baud rate ``bnnflow build`` recorded in the build's report, else the default."""
+    try:
+        return int(json.loads((Path(build) / "report.json").read_text())["baud"])
+    except (TypeError, OSError, ValueError, KeyError):
+        return DEFAULT_BAUD
+
+
 class Accelerator:
     """A bnnflow accelerator behind a :class:`Transport`.
 
@@ -147,48 +123,65 @@ class Accelerator:
     expected_id : bytes or str, optional
         The design ID of the build (8 bytes or 16 hex digits); a device reporting another one
         is refused with :class:`DesignMismatch`.
+    build : str or os.PathLike, optional
+        The build folder: its network turns pixels into input bits and gives the reference
+        results :meth:`benchmark` checks against.
     timeout : float
-        Seconds to wait for each response.
+        Seconds to wait for a response, on top of the time its bytes take on the link.
     retries : int
         Resends of a request whose response is lost, corrupted or rejected as corrupted.
+    window : int
+        Requests outstanding at once (2 keeps the link busy; more overrun the device).
+    escaped : set of int
+        Bytes to escape in requests (see :mod:`bnnflow.protocol`).
     """
 
-    def __init__(self, transport: Transport, *, expected_id=None, timeout: float = 2.0,
-                 retries: int = 3):
+    def __init__(self, transport: Transport, *, expected_id=None, build=None,
+                 timeout: float = 2.0, retries: int = 3, window: int = 2,
+                 escaped=DEFAULT_ESCAPED):
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
         self.transport = transport
         self.expected_id = _parse_id(expected_id)
-        self.timeout, self.retries = timeout, retries
-        self.retried = 0  # requests resent so far, for tests and statistics
+        self.build = None if build is None else Path(build)
+        self.timeout, self.retries, self.window = timeout, retries, window
+        self.escaped = escaped
+        self.stats = LinkStats()
         self._decoder = FrameDecoder()
+        self._events: deque = deque()
         self._seq = 0
         self._info: DeviceInfo | None = None
+        self._net = None
 
     @classmethod
-    def open(cls, spec: str, expected_id=None, **kwargs) -> Accelerator:
+    def open(cls, spec: str, expected_id=None, *, build=None, **kwargs) -> Accelerator:
         """Open ``"serial:PORT[@BAUD]"`` or ``"sim:BUILD_DIR"`` and check the design.
 
-        For ``sim:``, ``expected_id`` defaults to the ``design_id`` of the build's
-        ``manifest.json`` when it has one. Other keyword arguments go to :class:`Accelerator`.
+        The design ID to expect defaults to the ``design_id`` in ``build``'s manifest, and
+        ``build`` to the simulated build folder for ``sim:``. The baud rate defaults to the one
+        ``bnnflow build`` recorded in the build's ``report.json`` (else 115200). Other keyword
+        arguments go to :class:`Accelerator`. Use it as a context manager.
         """
         kind, sep, where = spec.partition(":")
         if not sep or not where:
             raise ValueError(f"{spec!r}: expected 'serial:PORT[@BAUD]' or 'sim:BUILD_DIR'")
+        if kind not in ("serial", "sim"):
+            raise ValueError(f"{spec!r}: unknown transport {kind!r} (serial or sim)")
+        if build is None and kind == "sim":
+            build = where
+        if expected_id is None and build is not None:
+            manifest = Path(build) / "manifest.json"
+            if kind == "serial" or manifest.is_file():
+                expected_id = _read_manifest(build).get("design_id")
+        _parse_id(expected_id)  # fail before opening the port or starting a simulation
         if kind == "serial":
-            _parse_id(expected_id)  # fail before opening the port
             port, _, baud = where.rpartition("@") if "@" in where else (where, "", "")
-            transport = SerialTransport(port, int(baud) if baud else DEFAULT_BAUD)
-        elif kind == "sim":
+            transport = SerialTransport(port, int(baud) if baud else _build_baud(build))
+        else:
             from .sim.transport import SimTransport  # lazily: compiles with Verilator
 
-            if expected_id is None:
-                manifest = Path(where) / "manifest.json"
-                if manifest.is_file():
-                    expected_id = json.loads(manifest.read_text()).get("design_id")
-            _parse_id(expected_id)  # fail before starting a simulation
             transport = SimTransport(where)
-        else:
-            raise ValueError(f"{spec!r}: unknown transport {kind!r} (serial or sim)")
-        acc = cls(transport, expected_id=expected_id, **kwargs)
+        acc = cls(transport, expected_id=expected_id, build=build, **kwargs)
         try:
             acc.identify()
         except BaseException:
@@ -206,16 +199,37 @@ class Accelerator:
     def __exit__(self, *exc):
         self.close()
 
+    @property
+    def retried(self) -> int:
+        """Requests resent so far (``stats.retries``)."""
+        return self.stats.retries
+
+    @property
+    def net(self):
+        """The build's :class:`~bnnflow.ir.Network`, or None without a build folder."""
+        if self._net is None and self.build is not None and \
+                (self.build / "network.json").is_file():
+            from .ir import Network
+
+            self._net = Network.load(self.build)
+        return self._net
+
     # -- requests ---------------------------------------------------------------------
 
     def identify(self) -> DeviceInfo:
         """Ask the device what it is; refuse it if its ID is not ``expected_id``."""
-        info = DeviceInfo.unpack(self._transact(Command.IDENTIFY, b"", DeviceInfo.SIZE))
+        self._decoder.max_payload = 0xFFFF
+        (payload,) = self._exchange(Command.IDENTIFY, [b""], [DeviceInfo.SIZE])
+        try:
+            info = DeviceInfo.unpack(payload)
+        except ValueError as e:
+            raise DriverError(f"{self.transport!r}: {e}") from None
         if self.expected_id is not None and info.design_id != self.expected_id:
             raise DesignMismatch(f"{self.transport!r} runs design {info.design_id.hex()}, the "
                                  f"build expects {self.expected_id.hex()}: program the board "
                                  f"with this build's bitstream (or use the matching build)")
         self._info = info
+        self._decoder.max_payload = info.max_response
         return info
 
     @property
@@ -223,13 +237,41 @@ class Accelerator:
         """The device's :class:`DeviceInfo` (identifying it on first use)."""
         return self._info if self._info is not None else self.identify()
 
-    def predict(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Classify binary images.
+    def to_bits(self, images, bits: bool | None = None) -> np.ndarray:
+        """Input bits ``(N, n)`` of ``images``.
+
+        With ``bits=True`` the images are 0/1 bits (any integer or bool dtype). Otherwise, when
+        the build's network is known, any encoding :func:`bnnflow.inputs.to_bits` accepts
+        (uint8 pixels, bool or int8 bits, floats in the model's input domain); without it only
+        bits.
+        """
+        info = self.info
+        x = np.asarray(images)
+        if not bits and self.net is not None:
+            from .inputs import to_bits
+
+            return to_bits(self.net, x, "images")
+        if bits is False:
+            raise ValueError("pixels need the build's network: open the accelerator with build=")
+        if x.ndim != 2 or x.shape[1] != info.n_inputs:
+            raise ValueError(f"expected images of shape (N, {info.n_inputs}), got {x.shape}")
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise ValueError("images must be bits (0 or 1); pixels need the build's network: "
+                             "open the accelerator with build=")
+        return x.astype(np.uint8)
+
+    def predict(self, images, *, bits: bool | None = None,
+                batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Classify images.
 
         Parameters
         ----------
-        bits : numpy.ndarray
-            ``(N, n)`` array of 0/1 (1 for +1), ``n`` the design's input bits.
+        images : array_like
+            ``(N, n)`` bits, or pixels and other encodings (see :meth:`to_bits`).
+        bits : bool, optional
+            True: ``images`` are 0/1 bits whatever their dtype.
+        batch : int, optional
+            Images per request (default and at most ``info.max_images``).
 
         Returns
         -------
@@ -239,72 +281,147 @@ class Accelerator:
             ``(N, C)`` int64.
         """
         info = self.info
-        bits = np.asarray(bits)
-        if bits.ndim != 2 or bits.shape[1] != info.n_inputs:
-            raise ValueError(f"expected images of shape (N, {info.n_inputs}), got {bits.shape}")
-        if bits.size and (bits.min() < 0 or bits.max() > 1):
-            raise ValueError("images must be bits (0 or 1)")
-        classes = np.zeros(len(bits), np.int64)
-        scores = np.zeros((len(bits), info.num_classes), np.int64)
-        for start in range(0, len(bits), info.max_images):
-            chunk = bits[start:start + info.max_images]
-            payload = self._transact(Command.INFER, pack_images(chunk),
-                                     len(chunk) * info.record_size)
-            if len(payload) != len(chunk) * info.record_size:
-                raise DriverError(f"INFER of {len(chunk)} images returned {len(payload)} bytes, "
-                                  f"expected {len(chunk) * info.record_size}")
-            cls, sc = unpack_results(payload, info.num_classes)
-            classes[start:start + len(chunk)] = cls
-            scores[start:start + len(chunk)] = sc
+        x = self.to_bits(images, bits)
+        batch = min(batch or info.max_images, info.max_images)
+        starts = range(0, len(x), batch)
+        payloads = [pack_images(x[s:s + batch]) for s in starts]
+        sizes = [len(x[s:s + batch]) * info.record_size for s in starts]
+        responses = self._exchange(Command.INFER, payloads, sizes, window=self.window)
+        classes = np.zeros(len(x), np.int64)
+        scores = np.zeros((len(x), info.num_classes), np.int64)
+        for s, payload in zip(starts, responses, strict=True):
+            classes[s:s + batch], scores[s:s + batch] = unpack_results(payload,
+                                                                       info.num_classes)
         return classes, scores
 
-    def _transact(self, cmd: Command, payload: bytes, response_size: int = 0) -> bytes:
-        """Send a request until its response arrives; return the response payload.
+    def replay(self, images, repeats: int, *, bits: bool | None = None,
+               wait: float | None = None) -> tuple[ReplaySummary, np.ndarray, np.ndarray]:
+        """Run up to ``info.max_images`` images ``repeats`` times on chip (REPLAY).
 
-        Every attempt gets a fresh sequence number, so a late response to an earlier attempt
-        is recognized and ignored; INFER is a pure function, so a resend never changes results.
-        The wait is ``timeout`` plus the time the request and the (at worst fully escaped)
-        response take on the link.
+        Returns the :class:`~bnnflow.protocol.ReplaySummary` and the classes and scores of
+        the unmeasured pass that follows. ``wait`` is the seconds to allow for the run
+        (default: estimated from the build's cycles per frame).
         """
-        problems = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-            seq = self._seq
-            self._seq = (self._seq + 1) & 0xFF
-            frame = encode_frame(cmd, seq, payload)
-            wire = len(frame) + 2 * (response_size + 6)
-            self.transport.write(frame)
-            problem = self._await(cmd, seq, self.timeout + wire * self.transport.byte_time)
-            if isinstance(problem, bytes):
-                return problem
-            problems.append(problem)
-        kind = DeviceTimeout if all(p.startswith("no response") for p in problems) else DriverError
-        raise kind(f"{cmd.name} on {self.transport!r} failed {len(problems)} times: "
-                   + "; ".join(problems))
+        info = self.info
+        x = self.to_bits(images, bits)
+        if not 1 <= len(x) <= info.max_images:
+            raise ValueError(f"REPLAY takes 1..{info.max_images} images, got {len(x)}")
+        if wait is None:
+            per_frame = _UNKNOWN_CYCLES_PER_FRAME
+            if self.build is not None and (self.build / "manifest.json").is_file():
+                per_frame = _read_manifest(self.build).get("cycles_per_frame", per_frame)
+            cycle_time = self.transport.cycle_time or 1 / (info.clk_hz or 1e6)
+            wait = 2 * (repeats + 1) * len(x) * max(per_frame, info.image_size) * cycle_time
+        size = ReplaySummary.SIZE + len(x) * info.record_size
+        (payload,) = self._exchange(Command.REPLAY, [pack_replay(x, repeats)], [size],
+                                    extra_wait=wait)
+        classes, scores = unpack_results(payload[ReplaySummary.SIZE:], info.num_classes)
+        return ReplaySummary.unpack(payload), classes, scores
 
-    def _await(self, cmd: Command, seq: int, wait: float) -> bytes | str:
-        """The response payload for ``(cmd, seq)``, or a string saying why it is worth a
-        retry. Non-retryable device errors raise."""
-        deadline = time.monotonic() + wait
-        while (remaining := deadline - time.monotonic()) > 0:
-            data = self.transport.read(4096, remaining)
-            for event in self._decoder.feed(data):
-                if isinstance(event, DecodeError):
-                    return f"corrupted response ({event.kind}: {event.detail})"
-                assert isinstance(event, Frame)
-                if event.seq != seq:
-                    continue  # a late answer to an earlier attempt
-                if event.cmd == Command.ERROR:
-                    code = event.payload[0] if event.payload else 0
-                    try:
-                        name = ErrorCode(code).name
-                    except ValueError:
-                        name = f"error 0x{code:02x}"
-                    if code in _RETRYABLE:
-                        return f"device reported {name}"
-                    raise DriverError(f"device rejected {cmd.name} seq {seq}: {name}")
-                if event.cmd != cmd:
-                    raise DriverError(f"{cmd.name} seq {seq} answered by {event.cmd!r}")
-                return event.payload
-        return f"no response within {wait:.3g} s"
+    def benchmark(self, images, repeats: int = 100, **kwargs):
+        """Fabric and link throughput; see :func:`bnnflow.bench.benchmark`."""
+        from .bench import benchmark
+
+        return benchmark(self, images, repeats, **kwargs)
+
+    # -- the pipelined exchange ----------------------------------------------------------
+
+    def _exchange(self, cmd: Command, payloads: list[bytes], sizes: list[int], *,
+                  window: int = 1, extra_wait: float = 0.0) -> list[bytes]:
+        """Send every request, keeping up to ``window`` outstanding, and return the response
+        payloads in request order. Lost, corrupted and rejected requests are resent with a
+        new sequence number, at most ``retries`` times each."""
+        results: list[bytes | None] = [None] * len(payloads)
+        attempts = [0] * len(payloads)
+        problems: list[list[str]] = [[] for _ in payloads]
+        todo = list(range(len(payloads)))  # a heap: the earliest unanswered request first
+        inflight: list[tuple[int, int]] = []  # (seq, index) in send order
+        deadline = None
+
+        def resend(entries, why):
+            for _, index in entries:
+                problems[index].append(why)
+                heapq.heappush(todo, index)
+
+        while todo or inflight:
+            while todo and len(inflight) < window:
+                index = heapq.heappop(todo)
+                if attempts[index] > self.retries:
+                    raise self._failed(cmd, problems[index])
+                self.stats.retries += attempts[index] > 0
+                attempts[index] += 1
+                inflight.append((self._send(cmd, payloads[index]), index))
+                deadline = None
+            if deadline is None:
+                # Worst case: the requests still to cross, then fully escaped responses.
+                wire = sum(len(payloads[i]) + 2 * sizes[i] + 16 for _, i in inflight)
+                deadline = (time.monotonic() + self.timeout + extra_wait
+                            + wire * self.transport.byte_time)
+            event = self._next_event(deadline)
+            if event is None:
+                self.stats.timeouts += 1
+                resend(inflight, f"no response within {self.timeout:.3g} s")
+                inflight.clear()
+                continue
+            if isinstance(event, DecodeError):
+                self.stats.decode_errors += 1
+                if event.kind != "truncated" and len(inflight) == 1:
+                    # A complete frame that fails its check: the one outstanding response.
+                    resend(inflight, f"corrupted response ({event.kind}: {event.detail})")
+                    inflight.clear()
+                continue
+            position = next((j for j, (seq, _) in enumerate(inflight) if seq == event.seq),
+                            None)
+            if position is None:
+                self.stats.stale += 1
+                continue
+            # Responses come in order: requests sent before this one were lost.
+            self.stats.lost += position
+            resend(inflight[:position], "no response (a later request was answered)")
+            (_, index), deadline = inflight[position], None
+            del inflight[:position + 1]
+            if event.cmd == Command.ERROR:
+                code = event.payload[0] if event.payload else 0
+                try:
+                    name = ErrorCode(code).name
+                except ValueError:
+                    name = f"error 0x{code:02x}"
+                if code not in _RETRYABLE:
+                    raise DriverError(f"device rejected {cmd.name} seq {event.seq}: {name}")
+                self.stats.device_errors += 1
+                resend([(event.seq, index)], f"device reported {name}")
+                continue
+            if event.cmd != cmd:
+                raise DriverError(f"{cmd.name} seq {event.seq} answered by {event.cmd!r}")
+            if len(event.payload) != sizes[index]:
+                raise DriverError(f"{cmd.name} seq {event.seq} returned {len(event.payload)} "
+                                  f"bytes, expected {sizes[index]}")
+            results[index] = event.payload
+        return results
+
+    def _send(self, cmd: Command, payload: bytes) -> int:
+        seq = self._seq
+        self._seq = (self._seq + 1) & 0xFF
+        frame = encode_frame(cmd, seq, payload, escaped=self.escaped)
+        self.transport.write(frame)
+        self.stats.requests += 1
+        self.stats.bytes_out += len(frame)
+        return seq
+
+    def _next_event(self, deadline: float) -> Frame | DecodeError | None:
+        """The next decoded frame or decoding error, or None at ``deadline``."""
+        while not self._events:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            data = self.transport.read(1 << 16, remaining)
+            self.stats.bytes_in += len(data)
+            self._events.extend(self._decoder.feed(data))
+        return self._events.popleft()
+
+    def _failed(self, cmd: Command, problems: list[str]) -> DriverError:
+        kind = DeviceTimeout if all(p.startswith("no response") for p in problems) \
+            else DriverError
+        counts = Counter(problems)  # in order of first appearance
+        why = "; ".join(p if n == 1 else f"{n} x {p}" for p, n in counts.items())
+        return kind(f"{cmd.name} on {self.transport!r} failed {len(problems)} times: {why}")

@@ -7,24 +7,34 @@ A frame on the wire::
 
 * ``START`` (0x7E) is sent raw and only ever marks the start of a frame, so a receiver
   resynchronizes on it after garbage, corruption or truncation.
-* Every later byte in :data:`DEFAULT_ESCAPED` (0x7E, 0x7D and XON/XOFF 0x11/0x13, which some
-  USB-serial bridges swallow) is sent HDLC-style as ``0x7D, byte ^ 0x20``. A receiver
-  un-escapes *any* byte that follows 0x7D.
+* Every later byte in the sender's escaped set (by default :data:`DEFAULT_ESCAPED`: 0x7E, 0x7D
+  and XON/XOFF 0x11/0x13, which some USB-serial bridges swallow; :data:`MINIMAL_ESCAPED` for
+  bridges that pass every byte) is sent HDLC-style as ``0x7D, byte ^ 0x20``. A receiver
+  un-escapes *any* byte that follows 0x7D, so each side chooses its set independently.
 * ``crc`` is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected) over the
   un-escaped ``cmd .. payload``, little-endian on the wire like ``len``.
 * A response echoes ``cmd`` and ``seq``; a request that fails is answered by an
   :attr:`Command.ERROR` frame with the request's ``seq`` and the payload
-  ``(ErrorCode, request cmd)``.
+  ``(ErrorCode, request cmd)``. Requests are answered in order.
 
-Payloads: :attr:`Command.IDENTIFY` takes none and returns a :class:`DeviceInfo`;
-:attr:`Command.INFER` takes ``k`` images of ``ceil(n/8)`` bytes each (see
-:func:`bnnflow.packing.image_bytes`) and returns ``k`` records of ``(class: u8,
-scores: C x int16 LE)``.
+Payloads (all integers little-endian):
+
+* :attr:`Command.IDENTIFY` takes none and returns a :class:`DeviceInfo`.
+* :attr:`Command.INFER` takes ``k`` images of ``ceil(n/8)`` bytes each (bit-packed, see
+  :func:`bnnflow.packing.image_bytes`) and returns ``k`` records of ``(class: u8,
+  scores: C x int16)``.
+* :attr:`Command.REPLAY` takes ``repeats: u16`` then ``k`` images, stored on chip and run
+  through the core ``repeats`` times back to back with its output always ready. It returns a
+  :class:`ReplaySummary` (the cycles from the first image byte entering the core to the last
+  result leaving it, the first result's latency, the frames run, and the CRC-32 of all their
+  records, see :func:`results_crc`) followed by the ``k`` records of one more, unmeasured
+  pass, as INFER would return them.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +47,13 @@ __all__ = [
     "ESCAPE",
     "ESCAPE_XOR",
     "DEFAULT_ESCAPED",
+    "MINIMAL_ESCAPED",
     "HEADER_SIZE",
     "CRC_SIZE",
     "SCORE_BYTES",
     "PROTOCOL_VERSION",
+    "REPLAY_ARG_SIZE",
+    "MAX_REPEATS",
     "Command",
     "ErrorCode",
     "crc16",
@@ -51,19 +64,26 @@ __all__ = [
     "DecodeError",
     "FrameDecoder",
     "DeviceInfo",
+    "ReplaySummary",
     "pack_images",
+    "pack_replay",
     "record_dtype",
+    "pack_records",
     "unpack_results",
+    "results_crc",
 ]
 
 START = 0x7E
 ESCAPE = 0x7D
 ESCAPE_XOR = 0x20
 DEFAULT_ESCAPED = frozenset({0x7E, 0x7D, 0x11, 0x13})
+MINIMAL_ESCAPED = frozenset({0x7E, 0x7D})
 HEADER_SIZE = 4  # cmd, seq, len (2 B)
 CRC_SIZE = 2
 SCORE_BYTES = 2  # scores travel as int16 LE whatever the core's score width
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+REPLAY_ARG_SIZE = 2  # the u16 repeat count before REPLAY's images
+MAX_REPEATS = 0xFFFF
 
 
 class Command(enum.Enum, shape=8):
@@ -71,7 +91,7 @@ class Command(enum.Enum, shape=8):
 
     IDENTIFY = 0x01
     INFER = 0x02
-    # 0x03 is reserved for REPLAY (images stored on chip, run back to back).
+    REPLAY = 0x03  # images stored on chip, run back to back: the fabric benchmark
     ERROR = 0x80  # response only
 
 
@@ -79,7 +99,7 @@ class ErrorCode(enum.Enum, shape=8):
     """First payload byte of an :attr:`Command.ERROR` response."""
 
     BAD_CRC = 0x01  # CRC mismatch: the request may be resent
-    BAD_LENGTH = 0x02  # length not valid for the command
+    BAD_LENGTH = 0x02  # length (or REPLAY's repeat count) not valid for the command
     UNKNOWN_COMMAND = 0x03
     OVERFLOW = 0x04  # length above the design's max payload
 
@@ -242,7 +262,7 @@ class FrameDecoder:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """The IDENTIFY response payload: a design ID and a fixed 8-byte info struct.
+    """The IDENTIFY response payload: a design ID and a fixed 12-byte info struct.
 
     Parameters
     ----------
@@ -253,9 +273,12 @@ class DeviceInfo:
     num_classes : int
         Scores per image.
     max_images : int
-        Most images one INFER request may carry.
+        Most images one INFER or REPLAY request may carry.
     max_payload : int
-        Most payload bytes one request may carry (``max_images * image_size``).
+        Most image bytes one request may carry (``max_images * image_size``).
+    clk_hz : int
+        The fabric clock in Hz, as the design was built for (0 if unknown); turns REPLAY's
+        cycle counts into seconds.
     score_bytes : int
         Bytes per score on the wire (always 2, int16 LE).
     version : int
@@ -267,10 +290,11 @@ class DeviceInfo:
     num_classes: int
     max_images: int
     max_payload: int
+    clk_hz: int = 0
     score_bytes: int = SCORE_BYTES
     version: int = PROTOCOL_VERSION
 
-    FORMAT = "<8sBHBBBH"
+    FORMAT = "<8sBHBBBHI"
     SIZE = struct.calcsize(FORMAT)
 
     @property
@@ -283,20 +307,68 @@ class DeviceInfo:
         """Bytes of one result record in an INFER response."""
         return 1 + self.score_bytes * self.num_classes
 
+    @property
+    def max_response(self) -> int:
+        """The longest response payload the device can send."""
+        return max(self.SIZE, ReplaySummary.SIZE + self.max_images * self.record_size)
+
     def pack(self) -> bytes:
         """The payload bytes."""
         if len(self.design_id) != 8:
             raise ValueError(f"design ID must be 8 bytes, got {len(self.design_id)}")
         return struct.pack(self.FORMAT, self.design_id, self.version, self.n_inputs,
-                           self.num_classes, self.score_bytes, self.max_images, self.max_payload)
+                           self.num_classes, self.score_bytes, self.max_images, self.max_payload,
+                           self.clk_hz)
 
     @classmethod
     def unpack(cls, payload: bytes) -> DeviceInfo:
-        """Parse an IDENTIFY response payload; a wrong size is a :class:`ValueError`."""
+        """Parse an IDENTIFY response payload; a wrong size or version is a
+        :class:`ValueError`."""
+        if len(payload) >= 9 and payload[8] != PROTOCOL_VERSION:
+            raise ValueError(f"the device speaks host-link protocol version {payload[8]}, this "
+                             f"driver version {PROTOCOL_VERSION}: rebuild the design or update "
+                             f"bnnflow")
         if len(payload) != cls.SIZE:
             raise ValueError(f"IDENTIFY payload is {len(payload)} bytes, expected {cls.SIZE}")
-        did, ver, n, c, sb, k, mp = struct.unpack(cls.FORMAT, payload)
-        return cls(did, n, c, k, mp, sb, ver)
+        did, ver, n, c, sb, k, mp, clk = struct.unpack(cls.FORMAT, payload)
+        return cls(did, n, c, k, mp, clk, sb, ver)
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    """The head of a REPLAY response payload.
+
+    Parameters
+    ----------
+    cycles : int
+        Clock cycles from the first image byte entering the core to the last measured result
+        leaving it, both cycles included.
+    latency : int
+        Cycles from the first image byte entering the core to the first result leaving it.
+    frames : int
+        Results measured (``repeats * k``).
+    crc : int
+        CRC-32 of the records of all measured results, in order (:func:`results_crc`).
+    """
+
+    cycles: int
+    latency: int
+    frames: int
+    crc: int
+
+    FORMAT = "<QIII"
+    SIZE = struct.calcsize(FORMAT)
+
+    def pack(self) -> bytes:
+        """The payload bytes."""
+        return struct.pack(self.FORMAT, self.cycles, self.latency, self.frames, self.crc)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> ReplaySummary:
+        """Parse the first :attr:`SIZE` bytes of a REPLAY response payload."""
+        if len(payload) < cls.SIZE:
+            raise ValueError(f"REPLAY payload of {len(payload)} bytes has no summary")
+        return cls(*struct.unpack_from(cls.FORMAT, payload))
 
 
 def pack_images(bits: np.ndarray) -> bytes:
@@ -305,9 +377,24 @@ def pack_images(bits: np.ndarray) -> bytes:
     return b"".join(image_bytes(row) for row in bits.reshape(len(bits), -1))
 
 
+def pack_replay(bits: np.ndarray, repeats: int) -> bytes:
+    """A REPLAY request payload: the repeat count, then the images as for INFER."""
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"repeats must be in 1..{MAX_REPEATS}, got {repeats}")
+    return struct.pack("<H", repeats) + pack_images(bits)
+
+
 def record_dtype(num_classes: int) -> np.dtype:
     """The numpy dtype of one INFER response record."""
     return np.dtype([("cls", "u1"), ("scores", "<i2", (num_classes,))])
+
+
+def pack_records(classes: np.ndarray, scores: np.ndarray) -> bytes:
+    """The INFER response records of classes ``(k,)`` and scores ``(k, C)``."""
+    scores = np.asarray(scores)
+    records = np.zeros(len(scores), record_dtype(scores.shape[1]))
+    records["cls"], records["scores"] = classes, scores
+    return records.tobytes()
 
 
 def unpack_results(payload: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,3 +405,16 @@ def unpack_results(payload: bytes, num_classes: int) -> tuple[np.ndarray, np.nda
                          f"{dtype.itemsize}-byte records")
     rec = np.frombuffer(payload, dtype=dtype)
     return rec["cls"].astype(np.int64), rec["scores"].astype(np.int64).reshape(len(rec), -1)
+
+
+def results_crc(classes: np.ndarray, scores: np.ndarray, repeats: int = 1) -> int:
+    """The CRC that REPLAY reports for these results run ``repeats`` times.
+
+    CRC-32 (ISO-HDLC, as :func:`zlib.crc32`) of the records of every measured result in
+    order; the gateware folds in one whole record per cycle.
+    """
+    records = pack_records(classes, scores)
+    crc = 0
+    for _ in range(repeats):
+        crc = zlib.crc32(records, crc)
+    return crc

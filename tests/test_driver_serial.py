@@ -1,5 +1,6 @@
 """The driver over a real serial port: a pseudo-terminal with a fake device on its far end."""
 
+import json
 import os
 import select
 import threading
@@ -137,22 +138,27 @@ def test_identify_and_predict(device):
     assert len({f.seq for f in dev.requests}) == 4
 
 
-def test_faulty_responses_are_retried(device):
+@pytest.mark.parametrize("window", [1, 2])
+def test_faulty_responses_are_retried(device, window):
     faults = {1: "corrupt", 3: "drop", 5: "error", 7: "stale", 8: "garbage", 9: "split"}
     port, dev = device(faults)
     bits = np.random.default_rng(1).integers(0, 2, (50, N_INPUTS), dtype=np.uint8)
-    with Accelerator.open(f"serial:{port}", timeout=1.0) as acc:
+    with Accelerator.open(f"serial:{port}", timeout=1.0, window=window) as acc:
         classes, scores = acc.predict(bits)
-        assert acc.retried == 3
+        assert acc.retried == 3  # after "corrupt", "drop" and "error"
+        assert acc.stats.device_errors == 1 and acc.stats.decode_errors >= 1
     want_cls, want_scores = model(bits)
     np.testing.assert_array_equal(classes, want_cls)
     np.testing.assert_array_equal(scores, want_scores)
-    # Retries resend the same images with a new seq: every chunk once, in order, plus the
-    # three resends right after the faulty attempts.
     infers = [f.payload for f in dev.requests[1:]]
     chunks = [pack_images(bits[i:i + 8]) for i in range(0, 50, 8)]
-    assert infers == chunks[:1] + chunks[:1] + chunks[1:2] + chunks[1:2] + chunks[2:3] * 2 + \
-        chunks[3:]
+    if window == 1:
+        # One at a time, each resent right after its faulty attempt.
+        assert infers == chunks[:1] + chunks[:1] + chunks[1:2] + chunks[1:2] + \
+            chunks[2:3] * 2 + chunks[3:]
+    else:
+        # Pipelined: every chunk sent, the faulty ones twice, none more.
+        assert sorted(infers) == sorted(chunks + [infers[0], infers[2], infers[4]])
     seqs = [f.seq for f in dev.requests]
     assert len(set(seqs)) == len(seqs)
 
@@ -166,7 +172,7 @@ def test_wrong_design_is_refused(device):
 def test_timeout_is_a_clear_error(device):
     port, dev = device({1: "silent"})
     acc = Accelerator.open(f"serial:{port}", timeout=0.2, retries=2)
-    with acc, pytest.raises(DeviceTimeout, match=r"INFER .* failed 3 times: no response"):
+    with acc, pytest.raises(DeviceTimeout, match=r"INFER .* failed 3 times: 3 x no response"):
         acc.predict(np.zeros((1, N_INPUTS), np.uint8))
     assert len(dev.requests) == 4
 
@@ -175,7 +181,7 @@ def test_rejected_request_is_not_retried(device):
     port, dev = device()
     with Accelerator.open(f"serial:{port}") as acc:
         with pytest.raises(DriverError, match="UNKNOWN_COMMAND"):
-            acc._transact(Command.ERROR, b"")
+            acc._exchange(Command.ERROR, [b""], [0])
         with pytest.raises(ValueError, match="shape"):
             acc.predict(np.zeros((2, N_INPUTS + 1), np.uint8))
     assert len(dev.requests) == 2
@@ -186,3 +192,18 @@ def test_bad_spec():
         Accelerator.open("COM3")
     with pytest.raises(ValueError, match="unknown transport"):
         Accelerator.open("usb:0")
+
+
+def test_build_gives_the_design_id_and_the_baud(device, tmp_path):
+    port, _ = device()
+    (tmp_path / "manifest.json").write_text(json.dumps({"design_id": INFO.design_id.hex()}))
+    (tmp_path / "report.json").write_text(json.dumps({"baud": 57600}))
+    with Accelerator.open(f"serial:{port}", build=tmp_path) as acc:
+        assert acc.transport.baud == 57600 and acc.expected_id == INFO.design_id
+    with Accelerator.open(f"serial:{port}@230400", build=tmp_path) as acc:
+        assert acc.transport.baud == 230400
+    (tmp_path / "manifest.json").write_text(json.dumps({"design_id": "00" * 8}))
+    with pytest.raises(DesignMismatch):
+        Accelerator.open(f"serial:{port}", build=tmp_path)
+    with pytest.raises(DriverError, match="manifest"):
+        Accelerator.open(f"serial:{port}", build=tmp_path / "missing")

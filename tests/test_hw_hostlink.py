@@ -12,6 +12,8 @@ from streams import recv, run, send
 
 from bnnflow.hw.hostlink import HostLink, HostTop, generate_top_verilog
 from bnnflow.protocol import (
+    DEFAULT_ESCAPED,
+    MINIMAL_ESCAPED,
     START,
     Command,
     DeviceInfo,
@@ -27,20 +29,21 @@ N_INPUTS, CLASSES = 20, 3
 DESIGN_ID = bytes.fromhex("0123456789abcdef")
 
 
-def make_link(max_payload=30, stall=True):
+def make_link(max_payload=30, stall=True, **kwargs):
     m = Module()
     core = FakeCore(N_INPUTS, CLASSES, stall=stall)
-    link = HostLink(N_INPUTS, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, max_payload)
+    link = HostLink(N_INPUTS, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, max_payload,
+                    **kwargs)
     m.submodules.core, m.submodules.link = core, link
     connect(m, link.core_in, core.s_axis)
     connect(m, core.m_axis, link.core_out)
     return m, link, core
 
 
-def exchange(requests, responses, *, seed=0, max_payload=30):
+def exchange(requests, responses, *, seed=0, max_payload=30, **kwargs):
     """Send ``requests`` (bytes) into the link; return ``responses`` decoded events and the
     number of image bytes the core accepted."""
-    m, link, core = make_link(max_payload)
+    m, link, core = make_link(max_payload, **kwargs)
     rng = random.Random(seed)
     events, core_beats, wire = [], [], bytearray()
 
@@ -168,11 +171,18 @@ def test_garbage_and_truncated_frames_are_dropped():
     assert beats == 0
 
 
-def test_response_bytes_match_host_encoder():
-    # The gateware escapes the same set and computes the same CRC as encode_frame.
+@pytest.mark.parametrize("escaped", [DEFAULT_ESCAPED, MINIMAL_ESCAPED])
+def test_response_bytes_match_host_encoder(escaped):
+    # The gateware escapes the set chosen for the bridge and computes the same CRC as
+    # encode_frame; the identify struct carries the clock.
     bits = random_images(4, 3)
-    events, _, _, _ = exchange([encode_frame(Command.INFER, 0x11, pack_images(bits))], 1)
-    assert exchange.wire == encode_frame(Command.INFER, 0x11, events[0].payload)
+    requests = [encode_frame(Command.INFER, 0x11, pack_images(bits)),
+                encode_frame(Command.IDENTIFY, 0x13)]
+    events, _, link, _ = exchange(requests, 2, escaped=escaped, clk_hz=48_000_000)
+    assert exchange.wire == b"".join(encode_frame(e.cmd, e.seq, e.payload, escaped=escaped)
+                                     for e in events)
+    assert DeviceInfo.unpack(events[1].payload).clk_hz == 48_000_000 == link.info.clk_hz
+    assert (0x11 in exchange.wire) == (escaped == MINIMAL_ESCAPED)  # the seq of both frames
 
 
 async def uart_send(ctx, pin, data, divisor):

@@ -2,12 +2,13 @@
 """Amaranth-simulator tests of the UART (hw/uart.py): loopback, bit timing, framing errors."""
 
 import random
+from fractions import Fraction
 
 import pytest
 from amaranth.hdl import Module
 from streams import recv, run, send
 
-from bnnflow.hw.uart import UARTRx, UARTTx
+from bnnflow.hw.uart import UARTRx, UARTTx, baud_divisor
 
 DIVISOR = 8
 
@@ -148,3 +149,110 @@ def test_tx_bit_timing():
 def test_divisor_must_allow_mid_bit_sampling():
     with pytest.raises(ValueError, match="divisor"):
         UARTTx(2)
+
+
+async def drive_bytes_at(ctx, pin, data, period):
+    """Bit-bang bytes back to back with a possibly fractional ``period``: every edge at the
+    cycle nearest to where an ideal UART puts it."""
+    edges = []
+    for byte in data:
+        edges += [0] + [(byte >> i) & 1 for i in range(8)] + [1]
+    now = 0
+    for k, bit in enumerate(edges):
+        ctx.set(pin, bit)
+        until = round((k + 1) * period)
+        await ctx.tick().repeat(until - now)
+        now = until
+
+
+def receive(divisor, period, data):
+    dut = UARTRx(divisor)
+    got, errors = [], []
+
+    async def line(ctx):
+        ctx.set(dut.rx, 1)
+        await ctx.tick().repeat(7)
+        await drive_bytes_at(ctx, dut.rx, data, period)
+        await ctx.tick().repeat(4 * int(period) + 8)
+
+    async def sink(ctx):
+        async for _, _, valid, payload, err in ctx.tick().sample(dut.o.valid, dut.o.payload,
+                                                                 dut.error):
+            ctx.set(dut.o.ready, 1)
+            if valid:
+                got.append(payload.data)
+            if err:
+                errors.append(1)
+
+    run(dut, line, background=[sink])
+    return got, errors
+
+
+def test_3_mbaud_at_25_mhz_needs_the_fractional_divisor():
+    data = [0x00, 0xFF, 0x55, 0xAA, 0x80, 0x01, 0x7E, 0x7D] + list(range(0, 256, 17))
+    # 25/3 clocks per bit is 3 Mbaud exactly: a 3 Mbaud bridge may be 3 % off either way.
+    for error in (-0.03, 0, 0.03):
+        assert receive(Fraction(25, 3), 25 / 3 * (1 + error), data) == (data, []), error
+    # Divisor 8 is 3.125 Mbaud, fine within 3 % of that; a 3 Mbaud line is 4.2 % slower, at
+    # the very edge of what the receiver takes: 1 % more and bytes are lost.
+    for error in (-0.03, 0, 0.03):
+        assert receive(8, 8 * (1 + error), data) == (data, []), error
+    got, errors = receive(8, 25 / 3 * 1.01, data)
+    assert got != data or errors
+
+
+@pytest.mark.parametrize("divisor", [8, Fraction(25, 3), Fraction(48, 11)])
+def test_tx_back_to_back_rate_is_exact(divisor):
+    data = [0x00, 0xFF, 0x0F, 0xA5, 0x3C, 0x80]
+    dut = UARTTx(divisor)
+    levels = []
+
+    async def source(ctx):
+        await send(ctx, dut.i, [{"data": b} for b in data])
+        await ctx.tick().repeat(11 * int(divisor) + 2)
+
+    async def line(ctx):
+        async for _, _, tx in ctx.tick().sample(dut.tx):
+            levels.append(tx)
+
+    run(dut, source, background=[line])
+
+    # Every edge is within one clock of the ideal UART's, with no idle time between bytes.
+    bits = []
+    for byte in data:
+        bits += [0] + [(byte >> i) & 1 for i in range(8)] + [1]
+    start = levels.index(0)
+    for k, bit in enumerate(bits):
+        lo, hi = start + float(k * divisor), start + float((k + 1) * divisor)
+        for cycle in range(int(lo) + 1, int(hi) - 1):
+            assert levels[cycle] == bit, (k, cycle)
+
+
+def test_fractional_loopback():
+    rng = random.Random(3)
+    data = [rng.randrange(256) for _ in range(30)]
+    m = Module()
+    m.submodules.tx = tx = UARTTx(Fraction(25, 3))
+    m.submodules.rx = rx = UARTRx(Fraction(25, 3))
+    m.d.comb += rx.rx.eq(tx.tx)
+    got = []
+
+    async def source(ctx):
+        await send(ctx, tx.i, [{"data": b} for b in data], rng=rng, idle=0.3)
+
+    async def sink(ctx):
+        got.extend(p.data for p in await recv(ctx, rx.o, len(data), rng=rng, stall=0.3))
+
+    run(m, source, sink, checked=[tx.i, rx.o])
+    assert got == data
+
+
+def test_baud_divisor():
+    assert baud_divisor(25e6, 1e6) == 25 and isinstance(baud_divisor(25e6, 1e6), int)
+    assert baud_divisor(25e6, 3e6) == Fraction(25, 3)
+    assert baud_divisor(25e6, 3e6, fractional=False) == 8
+    assert baud_divisor(48e6, 3e6) == 16 and baud_divisor(12e6, 3e6) == 4
+    with pytest.raises(ValueError, match="4 clocks per bit"):
+        baud_divisor(12e6, 12e6)
+    with pytest.raises(ValueError, match="denominator"):
+        UARTRx(Fraction(1001, 100))

@@ -1,11 +1,12 @@
 """The host-link protocol (sw/protocol.py): CRC, escaping, framing, payload structs."""
 
 import random
+import zlib
 
 import numpy as np
 import pytest
 from amaranth.hdl import Shape
-from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
+from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE, CRC32_ISO_HDLC
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from bnnflow.packing import bytes_to_bits
 from bnnflow.protocol import (
     DEFAULT_ESCAPED,
     ESCAPE,
+    MAX_REPEATS,
     START,
     Command,
     DecodeError,
@@ -20,11 +22,15 @@ from bnnflow.protocol import (
     ErrorCode,
     Frame,
     FrameDecoder,
+    ReplaySummary,
     crc16,
     encode_frame,
     escape,
     pack_images,
+    pack_records,
+    pack_replay,
     record_dtype,
+    results_crc,
     unpack_results,
 )
 
@@ -131,14 +137,43 @@ def test_oversize_is_skipped():
 
 
 def test_device_info_round_trip():
-    info = DeviceInfo(b"\x00\x7e\x7d\x11\x13\xff\x01\x02", 784, 10, 12, 1176)
-    assert len(info.pack()) == DeviceInfo.SIZE == 16
+    info = DeviceInfo(b"\x00\x7e\x7d\x11\x13\xff\x01\x02", 784, 10, 12, 1176, 25_000_000)
+    assert len(info.pack()) == DeviceInfo.SIZE == 20
     assert DeviceInfo.unpack(info.pack()) == info
     assert (info.image_size, info.record_size) == (98, 21)
-    with pytest.raises(ValueError, match="16"):
+    assert info.max_response == ReplaySummary.SIZE + 12 * 21
+    with pytest.raises(ValueError, match="20"):
         DeviceInfo.unpack(info.pack()[:-1])
     with pytest.raises(ValueError, match="8 bytes"):
         DeviceInfo(b"short", 1, 1, 1, 1).pack()
+    old = bytearray(info.pack()[:16])
+    old[8] = 1  # a protocol version 1 device
+    with pytest.raises(ValueError, match="protocol version 1"):
+        DeviceInfo.unpack(bytes(old))
+
+
+def test_replay_payloads():
+    bits = np.random.default_rng(2).integers(0, 2, (3, 13), dtype=np.uint8)
+    assert pack_replay(bits, 0x1234) == b"\x34\x12" + pack_images(bits)
+    for repeats in (0, MAX_REPEATS + 1):
+        with pytest.raises(ValueError, match="repeats"):
+            pack_replay(bits, repeats)
+    summary = ReplaySummary(cycles=2**40 + 5, latency=17, frames=300, crc=0xDEADBEEF)
+    assert ReplaySummary.unpack(summary.pack() + b"records") == summary
+    assert len(summary.pack()) == ReplaySummary.SIZE == 20
+
+
+def test_results_crc_is_crc32_of_repeated_records():
+    classes, scores = np.array([1, 0]), np.array([[-3, 300], [7, -1]])
+    records = pack_records(classes, scores)
+    assert records == bytes([1]) + (-3).to_bytes(2, "little", signed=True) + \
+        (300).to_bytes(2, "little") + bytes([0, 7, 0, 0xFF, 0xFF])
+    assert results_crc(classes, scores) == zlib.crc32(records)
+    assert results_crc(classes, scores, 3) == zlib.crc32(records * 3)
+    # The gateware folds one whole record per cycle: the same CRC.
+    wide = CRC32_ISO_HDLC(data_width=8 * 5)
+    words = [int.from_bytes(records[i:i + 5], "little") for i in range(0, 10, 5)] * 3
+    assert wide.compute(words) == results_crc(classes, scores, 3)
 
 
 def test_images_and_records():

@@ -1,0 +1,76 @@
+"""``bnnflow infer`` and ``bnnflow bench`` against the simulated board of a compiled build."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from netutil import random_net
+
+from bnnflow import reference
+
+pytestmark = pytest.mark.sim
+
+
+def bnnflow(*args):
+    return subprocess.run([sys.executable, "-m", "bnnflow.cli", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """A compiled random 64-32-16-10 network (digits-shaped) with its harness built."""
+    from bnnflow.flow import CompileConfig, compile_model
+    from bnnflow.sim.transport import build_harness
+
+    out = tmp_path_factory.mktemp("build")
+    net = random_net((64, 32, 16, 10), seed=11)
+    compile_model(CompileConfig(Path("unused.onnx"), out), net=net)
+    build_harness(out)
+    return out, net
+
+
+def test_infer_refuses_another_build_in_one_line(build, tmp_path):
+    out, net = build
+    other = tmp_path / "other"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("simtransport"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["design_id"] = "00112233445566ff"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    pixels = np.random.default_rng(0).integers(0, 17, (5, 64)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+
+    proc = bnnflow("infer", "--device", f"sim:{out}", "--build", other, "--inputs",
+                   tmp_path / "x.npy")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert line.startswith("bnnflow infer: error:")
+    assert "00112233445566ff" in line and manifest["design_id"] != json.loads(
+        (out / "manifest.json").read_text())["design_id"]
+
+    proc = bnnflow("infer", "--device", f"sim:{out}", "--build", out, "--inputs",
+                   tmp_path / "x.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(c) for c in reference.run(net, pixels).classes]
+
+
+def test_bench_reports_fabric_and_link_apart(build, tmp_path):
+    out, _ = build
+    pixels = np.random.default_rng(1).integers(0, 17, (300, 64)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    proc = bnnflow("bench", "--device", f"sim:{out}", "--inputs", tmp_path / "x.npy",
+                   "--repeats", 10, "--link-images", 600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("fabric:") and "frames/s" in lines[0]
+    assert lines[1].startswith("check:  OK") and "(reference)" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["link:"] * 3
+    assert "of the byte limit" in lines[-1]
+
+
+def test_bench_on_serial_needs_a_build():
+    proc = bnnflow("bench", "--device", "serial:/dev/null")
+    assert proc.returncode == 2 and "needs --build" in proc.stderr

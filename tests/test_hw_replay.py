@@ -1,0 +1,193 @@
+# amaranth: UnusedElaboratable=no
+"""Amaranth-simulator tests of REPLAY (the on-chip benchmark) and of pipelined requests."""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module
+from amaranth.lib.wiring import connect
+from fakecore import FakeCore
+from streams import recv, run, send
+
+from bnnflow.hw.hostlink import HostLink, HostTop
+from bnnflow.protocol import (
+    Command,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    ReplaySummary,
+    encode_frame,
+    pack_images,
+    pack_replay,
+    results_crc,
+    unpack_results,
+)
+
+N_INPUTS, CLASSES = 20, 3
+DESIGN_ID = bytes.fromhex("0123456789abcdef")
+
+
+def images(k, seed):
+    return np.random.default_rng(seed).integers(0, 2, (k, N_INPUTS), dtype=np.uint8)
+
+
+def run_link(requests, responses, *, seed=0, stall=True):
+    """Send ``requests`` into a HostLink with a FakeCore; return the decoded responses and the
+    cycles of every core input transfer, core output transfer, and core output stall."""
+    m = Module()
+    core = FakeCore(N_INPUTS, CLASSES, stall=stall)
+    link = HostLink(N_INPUTS, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, 30,
+                    clk_hz=12_000_000)
+    m.submodules.core, m.submodules.link = core, link
+    connect(m, link.core_in, core.s_axis)
+    connect(m, core.m_axis, link.core_out)
+    rng = random.Random(seed)
+    events, log = [], {"in": [], "out": [], "stall": []}
+
+    async def host_tx(ctx):
+        for request in requests:
+            await send(ctx, link.rx, [{"data": b} for b in request], rng=rng, idle=0.3)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while len(events) < responses:
+            (beat,) = await recv(ctx, link.tx, 1, rng=rng, stall=0.3)
+            events.extend(decoder.feed(bytes([beat.data])))
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, iv, ir, ov, orr in ctx.tick().sample(
+                core.s_axis.valid, core.s_axis.ready, core.m_axis.valid, core.m_axis.ready):
+            for key, hit in (("in", iv and ir), ("out", ov and orr), ("stall", ov and not orr)):
+                if hit:
+                    log[key].append(cycle)
+            cycle += 1
+
+    run(m, host_tx, host_rx, checked=[link.tx, link.core_in, link.core_out],
+        background=[monitor])
+    return events, log, core
+
+
+@pytest.mark.parametrize("k, repeats", [(1, 1), (3, 4), (10, 3)])
+def test_replay_counts_cycles_and_checks_every_result(k, repeats):
+    bits = images(k, k + repeats)
+    requests = [encode_frame(Command.REPLAY, 0x7E, pack_replay(bits, repeats)),
+                encode_frame(Command.INFER, 2, pack_images(bits[::-1]))]
+    events, log, core = run_link(requests, 2, seed=k)
+    assert [(e.cmd, e.seq) for e in events] == [(Command.REPLAY, 0x7E), (Command.INFER, 2)]
+    summary = ReplaySummary.unpack(events[0].payload)
+    frames = k * repeats
+    classes, scores = core.predict(bits)
+    assert summary.frames == frames
+    assert summary.crc == results_crc(classes, scores, repeats)
+    # From the first image byte into the core to the last measured result out, inclusive.
+    assert summary.cycles == log["out"][frames - 1] - log["in"][0] + 1
+    assert summary.latency == log["out"][0] - log["in"][0] + 1
+    # The core's output was never held while the cycles were counted.
+    assert not [c for c in log["stall"] if c <= log["out"][frames - 1]]
+    # Then one unmeasured pass, returned like INFER; and the next request runs normally.
+    got = unpack_results(events[0].payload[ReplaySummary.SIZE:], CLASSES)
+    np.testing.assert_array_equal(got[0], classes)
+    np.testing.assert_array_equal(got[1], scores)
+    np.testing.assert_array_equal(unpack_results(events[1].payload, CLASSES)[1], scores[::-1])
+    assert len(log["in"]) == (repeats + 2) * k * 3
+
+
+def test_replay_summary_with_a_fast_core():
+    bits = images(10, 1)
+    events, log, _ = run_link([encode_frame(Command.REPLAY, 1, pack_replay(bits, 5))], 1,
+                              stall=False)
+    summary = ReplaySummary.unpack(events[0].payload)
+    # Without stalls FakeCore has a constant period (3 bytes, then its latency), also across
+    # the seams between passes: images are replayed back to back.
+    (period,) = set(np.diff(log["out"][:50]))
+    assert summary.cycles - summary.latency == 49 * period
+
+
+def error(seq, code):
+    return Frame(Command.ERROR, seq, bytes([code.value, Command.REPLAY.value]))
+
+
+def test_replay_rejects_bad_requests():
+    bits = images(10, 2)
+    requests = [
+        encode_frame(Command.REPLAY, 1, b"\x00\x00" + pack_images(bits[:2])),  # no repeats
+        encode_frame(Command.REPLAY, 2, b"\x01\x00"),  # no image
+        encode_frame(Command.REPLAY, 3, b"\x01"),  # not even the repeat count
+        encode_frame(Command.REPLAY, 4, pack_replay(bits[:2], 1) + b"\x00"),  # not aligned
+        encode_frame(Command.REPLAY, 5, pack_replay(bits, 1) + b"\x00"),  # one byte too long
+        encode_frame(Command.REPLAY, 6, pack_replay(bits, 2)),  # a full bank
+    ]
+    events, log, core = run_link(requests, len(requests))
+    assert events[:5] == [error(1, ErrorCode.BAD_LENGTH), error(2, ErrorCode.BAD_LENGTH),
+                          error(3, ErrorCode.BAD_LENGTH), error(4, ErrorCode.BAD_LENGTH),
+                          error(5, ErrorCode.OVERFLOW)]
+    assert ReplaySummary.unpack(events[5].payload).frames == 20
+    assert len(log["in"]) == 3 * 10 * 3
+
+
+async def uart_send(ctx, pin, data, divisor):
+    for byte in data:
+        for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(pin, bit)
+            await ctx.tick().repeat(divisor)
+
+
+async def uart_recv(ctx, pin, divisor):
+    """One byte from ``pin``; returns it and the cycles waited for its start bit."""
+    waited = 0
+    while True:
+        _, _, level = await ctx.tick().sample(pin)
+        if not level:
+            break
+        waited += 1
+    await ctx.tick().repeat(divisor // 2)
+    byte = 0
+    for i in range(8):
+        await ctx.tick().repeat(divisor)
+        byte |= ctx.get(pin) << i
+    await ctx.tick().repeat(divisor)
+    assert ctx.get(pin) == 1
+    return byte, waited
+
+
+def test_two_outstanding_requests_keep_tx_busy():
+    """Through the UART pins: requests 0 and 1 back to back, request 2 as soon as response 0
+    is complete. The second bank takes request 1 during response 0, so response 1 follows
+    with no idle line, and request 2 is not overrun."""
+    divisor = 4
+    core = FakeCore(N_INPUTS, CLASSES)
+    top = HostTop(core, DESIGN_ID, divisor, max_payload=12)
+    batches = [images(4, 10 + i) for i in range(3)]
+    frames = [encode_frame(Command.INFER, i, pack_images(b)) for i, b in enumerate(batches)]
+    events, gaps = [], []
+    first_done = []
+
+    async def host_tx(ctx):
+        ctx.set(top.rx, 1)
+        await ctx.tick().repeat(10)
+        await uart_send(ctx, top.rx, frames[0] + frames[1], divisor)
+        while not first_done:
+            await ctx.tick()
+        await uart_send(ctx, top.rx, frames[2], divisor)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while len(events) < 3:
+            byte, waited = await uart_recv(ctx, top.tx, divisor)
+            if decoder.in_frame is False and events:
+                gaps.append(waited)
+            new = decoder.feed(bytes([byte]))
+            events.extend(new)
+            if new and not first_done:
+                first_done.append(1)
+
+    run(top, host_tx, host_rx)
+    assert [e.seq for e in events] == [0, 1, 2]
+    for event, bits in zip(events, batches, strict=True):
+        assert event.cmd == Command.INFER
+        np.testing.assert_array_equal(unpack_results(event.payload, CLASSES)[1],
+                                      core.predict(bits)[1])
+    # The line idles less than a byte time between responses 0 and 1 (host-limited after).
+    assert gaps[0] < 10 * divisor
