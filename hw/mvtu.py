@@ -28,11 +28,15 @@ Design choices:
   register, so back-pressure never forms a combinational path from one block to the next.
 * Weights and thresholds live in :class:`~amaranth.lib.memory.Memory` instances initialised
   from :mod:`bnnflow.packing`, the single definition of their bit order.
+* An integer-input layer (``elem_bits > 1``) uses the same datapath on ``elem_bits``-bit signed
+  levels: each lane adds ``level`` where the weight is +1 and subtracts it where it is -1, and
+  the thresholds are signed. A conv layer is this same unit run once per output pixel on the
+  sliding window's vectors (:mod:`bnnflow.hw.swu`).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -72,9 +76,11 @@ class MVTU(wiring.Component):
     pe, simd
         Folding: outputs and inputs processed in parallel; they must divide ``MH`` and ``MW``.
     in_width
-        Bits per input beat. A vector of ``MW`` bits arrives LSB first in
-        ``ceil(MW/in_width)`` beats; pad bits of the last beat are ignored, and so is ``last``:
-        the beat count alone delimits a vector.
+        Bits per input beat. A vector of ``MW`` elements arrives LSB first in
+        ``ceil(MW*elem_bits/in_width)`` beats; pad bits of the last beat are ignored, and so is
+        ``last``: the beat count alone delimits a vector.
+    elem_bits, max_level
+        For an integer-input layer: bits of a signed input level and the largest ``|level|``.
 
     Attributes
     ----------
@@ -91,18 +97,27 @@ class MVTU(wiring.Component):
     #: transfers ``LATENCY + SF - 1`` cycles after that input beat, the last ``NF*SF - 1`` later.
     LATENCY = 4
 
-    def __init__(self, layer: Dense, pe: int, simd: int, in_width: int):
+    def __init__(self, layer: Dense, pe: int, simd: int, in_width: int, elem_bits: int = 1,
+                 max_level: int = 1):
         mh, mw = layer.out_features, layer.in_features
         if pe < 1 or mh % pe or simd < 1 or mw % simd:
             raise ValueError(f"layer {layer.name}: PE {pe} / SIMD {simd} must divide its "
                              f"{mh} outputs / {mw} inputs")
         if in_width < 1:
             raise ValueError(f"input beats of {in_width} bits")
+        if layer.integer_input and layer.is_scores:
+            raise ValueError(f"layer {layer.name}: an integer-input scores layer is not supported")
         self.layer, self.pe, self.simd, self.in_width = layer, pe, simd, in_width
         self.mh, self.mw = mh, mw
+        self.elem_bits = elem_bits if layer.integer_input else 1
+        self.bound = max_level * mw  # |accumulator| of an integer-input layer
         self.nf, self.sf = mh // pe, mw // simd
-        self.beats = -(-mw // in_width)
+        self.beats = -(-mw * self.elem_bits // in_width)
         self.count_width = popcount_width(mw)
+        if layer.integer_input:
+            self.acc_shape = signed(packing.signed_threshold_bits(self.bound))
+        else:
+            self.acc_shape = unsigned(self.count_width)
         lane = self.count_width if layer.is_scores else 1
         self.out_width = pe * lane
         super().__init__({
@@ -119,12 +134,13 @@ class MVTU(wiring.Component):
         m = Module()
         o = self.o_stream
         pe, simd, nf_n, sf_n = self.pe, self.simd, self.nf, self.sf
+        eb = self.elem_bits
 
         en = Signal()
         m.d.comb += en.eq(~o.valid | o.ready)
 
         avail = Signal()  # a whole vector is in the fill register, or completes this cycle
-        vector = Signal(self.mw)
+        vector = Signal(self.mw * eb)
         load = Signal()  # the compute register takes that vector this cycle
         self._fill(m, avail, vector, load)
 
@@ -133,7 +149,7 @@ class MVTU(wiring.Component):
         addr = Signal(range(nf_n * sf_n))
         sf = Signal(range(sf_n))
         nf = Signal(range(nf_n))
-        x = Signal(self.mw)
+        x = Signal(self.mw * eb)
         step = Signal()
         final = Signal()
         m.d.comb += [
@@ -143,7 +159,7 @@ class MVTU(wiring.Component):
         ]
         with m.If(step):
             m.d.sync += [
-                x.eq(x.rotate_right(simd)),
+                x.eq(x.rotate_right(simd * eb)),
                 addr.eq(Mux(final, 0, addr + 1)),
                 sf.eq(Mux(sf == sf_n - 1, 0, sf + 1)),
             ]
@@ -162,27 +178,28 @@ class MVTU(wiring.Component):
 
         # S1: the weight word arrives from memory; the matching inputs and flags wait beside it.
         s1_valid, s1_first, s1_last, s1_final = Signal(), Signal(), Signal(), Signal()
-        s1_x = Signal(simd)
+        s1_x = Signal(simd * eb)
         s1_nf = Signal(range(nf_n))
         with m.If(en):
             m.d.sync += [
-                s1_valid.eq(busy), s1_x.eq(x[:simd]), s1_nf.eq(nf), s1_final.eq(final),
+                s1_valid.eq(busy), s1_x.eq(x[:simd * eb]), s1_nf.eq(nf), s1_final.eq(final),
                 s1_first.eq(sf == 0), s1_last.eq(sf == sf_n - 1),
             ]
 
         # S2: XNOR and popcount per PE lane; lane p of the word is output nf*PE + p.
         s2_valid, s2_first, s2_last, s2_final = Signal(), Signal(), Signal(), Signal()
-        s2_pc = Signal(data.ArrayLayout(unsigned(popcount_width(simd)), pe))
+        lane_shape = self.acc_shape if eb > 1 else unsigned(popcount_width(simd))
+        s2_pc = Signal(data.ArrayLayout(lane_shape, pe))
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w_port.data)
         with m.If(en):
             m.d.sync += [
                 s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                 s2_final.eq(s1_final),
             ]
-            m.d.sync += [s2_pc[p].eq(popcount(~(w_lanes[p] ^ s1_x))) for p in range(pe)]
+            m.d.sync += [s2_pc[p].eq(self._lane_sum(w_lanes[p], s1_x)) for p in range(pe)]
 
         # Output stage: accumulate over sf; the last slice of an output group makes a beat.
-        acc = Signal(data.ArrayLayout(unsigned(self.count_width), pe))
+        acc = Signal(data.ArrayLayout(self.acc_shape, pe))
         total = Signal.like(acc)
         for p in range(pe):
             m.d.comb += total[p].eq(Mux(s2_first, 0, acc[p]) + s2_pc[p])
@@ -198,6 +215,21 @@ class MVTU(wiring.Component):
                 o.p.last.eq(s2_final),
             ]
         return m
+
+    def _lane_sum(self, w: Value, x: Value) -> Value:
+        """One lane's partial accumulator over a SIMD slice: a popcount of ``xnor(w, x)``, or
+        for integer levels the signed sum of ``+level`` (weight 1) and ``-level`` (weight 0)."""
+        if self.elem_bits == 1:
+            return popcount(~(w ^ x))
+        eb = self.elem_bits
+        terms = []
+        for s in range(self.simd):
+            level = x[s * eb:(s + 1) * eb].as_signed()
+            terms.append(Mux(w[s], level, -level))
+        while len(terms) > 1:  # balanced adder tree, like popcount()
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        return terms[0]
 
     def _fill(self, m: Module, avail: Signal, vector: Signal, load: Signal) -> None:
         """Collect input beats into a vector: the write side of the double buffer."""
@@ -232,11 +264,15 @@ class MVTU(wiring.Component):
         """The output lanes for the accumulated counts ``total`` (stage S2)."""
         if self.layer.is_scores:
             return total.as_value()
-        tbits = packing.threshold_bits(self.mw)
-        lane = data.StructLayout({"t": unsigned(tbits), "invert": unsigned(1)})
+        if self.layer.integer_input:
+            tshape = self.acc_shape
+            init = packing.signed_threshold_words(self.layer.thresholds, self.bound, self.pe)
+        else:
+            tshape = unsigned(packing.threshold_bits(self.mw))
+            init = packing.threshold_words(self.layer.thresholds, self.mw, self.pe)
+        lane = data.StructLayout({"t": tshape, "invert": unsigned(1)})
         m.submodules.thresholds = thresholds = Memory(
-            shape=unsigned(self.pe * lane.size), depth=self.nf,
-            init=packing.threshold_words(self.layer.thresholds, self.mw, self.pe))
+            shape=unsigned(self.pe * lane.size), depth=self.nf, init=init)
         t_port = thresholds.read_port()
         # Read at S1 so the word for output group nf arrives together with its counts at S2.
         m.d.comb += [t_port.addr.eq(s1_nf), t_port.en.eq(en)]

@@ -20,9 +20,9 @@ import numpy as np
 
 from bnnflow import reference
 from bnnflow.ir import Network
-from bnnflow.packing import pack_words
+from bnnflow.packing import frame_pixels, pack_words, pixel_bits
 
-__all__ = ["SimulationError", "verilator_env", "verilator_bin", "simulate_core"]
+__all__ = ["SimulationError", "verilator_env", "verilator_bin", "input_frames", "simulate_core"]
 
 
 class SimulationError(RuntimeError):
@@ -101,31 +101,47 @@ def _output_fields(net: Network) -> dict:
     }
 
 
+def input_frames(net: Network, inputs: np.ndarray, in_width: int) -> np.ndarray:
+    """``s_axis`` payload words ``(N, beats)`` of input bits (binary-input network) or integer
+    pixels (integer-input network) given in the IR's flat order (see :mod:`bnnflow.hw.core`)."""
+    inputs = np.asarray(inputs).reshape(len(inputs), -1)
+    if net.input.binary:
+        elem, values = 1, frame_pixels(net, inputs.astype(np.uint8))
+    else:
+        elem, values = pixel_bits(net.input.pixel_max), frame_pixels(net, inputs)
+    per = in_width // elem
+    n = values.shape[1]
+    beats = -(-n // per)
+    padded = np.zeros((len(values), beats * per), np.int64)
+    padded[:, :n] = values
+    bits = ((padded[:, :, None] >> np.arange(elem)) & 1).astype(np.uint8).reshape(len(values), -1)
+    return np.array([pack_words(row, in_width) for row in bits], dtype=object)
+
+
 def simulate_core(net: Network, verilog: Path, bits: np.ndarray, *, in_width: int,
                   predicted_cycles: int, work_dir: Path, p_idle: float = 0.3,
                   p_stall: float = 0.3, seed: int = 1, toplevel: str = "bnn_core") -> dict:
-    """Simulate the core on binary inputs ``bits (N, n)`` and compare with the reference.
+    """Simulate the core on ``bits`` and compare with the reference.
+
+    ``bits`` are the input bits ``(N, n)`` of a binary-input network, or the integer pixels
+    ``(N, n)`` of an integer-input one (:func:`bnnflow.inputs.to_inputs` gives either).
 
     Returns the testbench's summary (``mismatches``, ``cycles_per_frame``, ``predictions``...).
     Raises :class:`SimulationError` when the simulation fails or finds a mismatch.
     """
     from cocotb_tools.check_results import get_results
 
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir).resolve()  # the bench runs with the run folder as cwd
     run_dir = work_dir / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    bits = np.asarray(bits, np.uint8).reshape(len(bits), -1)
-    n = bits.shape[1]
-    beats = -(-n // in_width)
-    padded = np.zeros((len(bits), beats * in_width), np.uint8)
-    padded[:, :n] = bits
-    frames = np.array([pack_words(row, in_width) for row in padded], dtype=object)
+    bits = np.asarray(bits).reshape(len(bits), -1)
+    frames = input_frames(net, bits, in_width)
     if in_width > 62:
         raise SimulationError("input beats wider than 62 bits are not supported by the bench")
     np.save(run_dir / "frames.npy", frames.astype(np.int64))
-    golden = reference.run(net, bits, bits=True)
+    golden = reference.run(net, bits, bits=net.input.binary)
     np.savez(run_dir / "golden.npz", classes=golden.classes, scores=golden.scores)
     cfg = {"in_width": in_width, "p_idle": p_idle, "p_stall": p_stall, "seed": seed,
            "predicted_cycles": predicted_cycles, **_output_fields(net)}

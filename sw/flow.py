@@ -24,7 +24,7 @@ from pathlib import Path
 from . import GENERATOR_VERSION
 from .folding import DEFAULT_TARGET_CYCLES, Folding, default_folding
 from .frontend import import_qonnx
-from .ir import Dense, Network
+from .ir import MaxPool, Network
 from .manifest import Manifest, design_id
 
 __all__ = ["CompileConfig", "CompileError", "COMPILE_STEPS", "compile_model", "load_build",
@@ -62,23 +62,28 @@ class CompileError(ValueError):
 
 
 def step_check(state: CompileState, cfg: CompileConfig) -> None:
-    """Stop before folding if a layer needs hardware the generator does not have yet."""
-    for layer in state.net.layers:
-        kind = type(layer).__name__
-        if not isinstance(layer, Dense):
-            raise CompileError(f"{cfg.model}: layer {layer.name} ({kind}): the hardware "
-                               "generator does not support convolution or pooling layers yet; "
-                               f"the IR in {cfg.out} runs in the reference executor")
-        if layer.integer_input:
-            raise CompileError(f"{cfg.model}: layer {layer.name} ({kind}, integer input): the "
-                               "hardware generator supports binary-input layers only yet")
+    """Stop before folding if the network needs hardware the generator does not have yet."""
+    from bnnflow.hw.core import stream_elems
+
+    try:
+        stream_elems(state.net, cfg.in_width)
+    except ValueError as e:
+        raise CompileError(f"{cfg.model}: {e}; the IR in {cfg.out} runs in the reference "
+                           "executor") from None
+
+
+def _in_elems(net: Network, in_width: int) -> int:
+    from bnnflow.hw.core import stream_elems
+
+    return stream_elems(net, in_width)
 
 
 def step_fold(state: CompileState, cfg: CompileConfig) -> None:
     if cfg.folding is not None:
         state.folding = Folding.load(cfg.folding, state.net)
     else:
-        state.folding = default_folding(state.net, cfg.target_cycles)
+        state.folding = default_folding(state.net, cfg.target_cycles,
+                                        _in_elems(state.net, cfg.in_width))
     state.folding.save(cfg.out / "folding.json")
 
 
@@ -93,28 +98,33 @@ def step_top(state: CompileState, cfg: CompileConfig) -> None:
     from bnnflow.hw.hostlink import generate_top_verilog
 
     core = BnnCore(state.net, state.folding, cfg.in_width)
+    # The host link buffers at least one image (3072 bytes for a 3x32x32 pixel image).
     generate_top_verilog(core, design_id(state.net, state.folding), cfg.sim_divisor,
-                         cfg.out / "top.v")
+                         cfg.out / "top.v", max_payload=max(1024, (core.n_inputs + 7) // 8))
 
 
 def step_report(state: CompileState, cfg: CompileConfig) -> None:
     net, folding = state.net, state.folding
-    cycles = folding.layer_cycles(net)
+    in_elems = _in_elems(net, cfg.in_width)
+    cycles = folding.layer_cycles(net, in_elems)
     layers = []
     for layer in net.layers:
+        if isinstance(layer, MaxPool):
+            layers.append({"name": layer.name, "kind": "maxpool", "cycles": cycles[layer.name]})
+            continue
         f = folding[layer.name]
         layers.append({
-            "name": layer.name, "in_features": layer.in_features,
-            "out_features": layer.out_features, "pe": f.pe, "simd": f.simd,
-            "lanes": f.pe * f.simd, "cycles": cycles[layer.name],
-            "weight_bits": layer.in_features * layer.out_features,
+            "name": layer.name, "kind": type(layer).__name__.lower(),
+            "in_features": layer.fan_in, "out_features": layer.out_channels, "pe": f.pe,
+            "simd": f.simd, "lanes": f.pe * f.simd, "cycles": cycles[layer.name],
+            "weight_bits": layer.fan_in * layer.out_channels,
         })
     manifest = Manifest(
         design_id=design_id(net, folding).hex(), name=net.name, n_inputs=net.input.size,
         input_shape=net.input.shape, pixel_max=net.input.pixel_max,
         input_scale=net.input.input_scale, binarize_threshold=net.input.binarize_threshold,
         num_classes=net.num_classes, in_width=cfg.in_width, sim_divisor=cfg.sim_divisor,
-        cycles_per_frame=folding.cycles_per_frame(net))
+        cycles_per_frame=folding.cycles_per_frame(net, in_elems))
     manifest.save(cfg.out)
     report = {"design_id": manifest.design_id, "generator_version": GENERATOR_VERSION,
               "cycles_per_frame": manifest.cycles_per_frame, "layers": layers,

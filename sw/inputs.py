@@ -7,6 +7,10 @@ by dtype so that no array is ambiguous:
 * ``bool``: input bits (True = +1); ``int8``: input bits as 0/1 or -1/+1;
 * floating point: values in the exported model's own input domain (``pixel * input_scale``),
   mapped back to pixels and required to be (nearly) integer pixels.
+
+A binary-input network takes bits (:func:`to_bits`); an integer-input one (the first layer
+takes :attr:`~bnnflow.ir.InputSpec.levels`) takes the pixels themselves (:func:`to_pixels`);
+:func:`to_inputs` gives whichever the network takes.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from .ir import Network
 from .reference import binarize
 
-__all__ = ["InputError", "load_array", "to_bits"]
+__all__ = ["InputError", "load_array", "to_bits", "to_pixels", "to_inputs"]
 
 
 class InputError(ValueError):
@@ -37,6 +41,28 @@ def load_array(path: str | Path) -> np.ndarray:
 
 def to_bits(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
     """Input bits ``(N, features)`` uint8 for any accepted encoding of ``x``."""
+    if not net.input.binary:
+        raise InputError(f"{source}: the network takes integer pixels, not bits (to_pixels)")
+    x, is_bits = _decode(net, x, source)
+    return x if is_bits else binarize(net, x)
+
+
+def to_pixels(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
+    """Integer pixels ``(N, features)`` int64 in the IR's flat order, from pixels or floats."""
+    x, is_bits = _decode(net, x, source)
+    if is_bits:
+        raise InputError(f"{source}: the network takes pixels in 0..{net.input.pixel_max}, not "
+                         "input bits (bool/int8 arrays)")
+    return x
+
+
+def to_inputs(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
+    """:func:`to_bits` for a binary-input network, :func:`to_pixels` for an integer-input one."""
+    return to_bits(net, x, source) if net.input.binary else to_pixels(net, x, source)
+
+
+def _decode(net: Network, x: np.ndarray, source: str) -> tuple[np.ndarray, bool]:
+    """``(N, features)`` bits (``True``) or checked integer pixels (``False``)."""
     spec = net.input
     x = np.asarray(x)
     def squeezed(shape):  # (1, 28, 28) and (28, 28) are the same image layout
@@ -50,13 +76,13 @@ def to_bits(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
                          f"(N, {', '.join(map(str, spec.shape))}) or (N, {spec.size})")
     x = x.reshape(len(x), -1)
     if x.dtype == np.bool_:
-        return x.astype(np.uint8)
+        return x.astype(np.uint8), True
     if x.dtype == np.int8:
         values = set(np.unique(x).tolist())
         if values <= {0, 1}:
-            return x.astype(np.uint8)
+            return x.astype(np.uint8), True
         if values <= {-1, 1}:
-            return (x > 0).astype(np.uint8)
+            return (x > 0).astype(np.uint8), True
         raise InputError(f"{source}: int8 arrays hold input bits (0/1 or -1/+1), found "
                          f"values {sorted(values)[:6]}")
     if np.issubdtype(x.dtype, np.floating):
@@ -71,4 +97,4 @@ def to_bits(net: Network, x: np.ndarray, source: str = "inputs") -> np.ndarray:
     if x.size and (x.min() < 0 or x.max() > spec.pixel_max):
         raise InputError(f"{source}: pixels must lie in 0..{spec.pixel_max}, found "
                          f"{x.min()}..{x.max()}")
-    return binarize(net, x)
+    return x.astype(np.int64), False
