@@ -125,6 +125,7 @@ def _report(board, name, out, tools_seconds) -> dict:
         "max_baud": board.max_baud,
         "clock_net": clock,
         "clocks": nextpnr["fmax"] or log["fmax"],
+        "critical_path": nextpnr["critical_path"],
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size,
         "seconds": {step: round(s, 2) for step, s in tools_seconds.items()},

@@ -218,7 +218,9 @@ def parse_nextpnr_report(report: str | os.PathLike | Mapping) -> dict:
     Returns
     -------
     dict
-        ``utilisation`` and ``fmax`` in the same form as :func:`parse_nextpnr_log`.
+        ``utilisation`` and ``fmax`` in the same form as :func:`parse_nextpnr_log`, and
+        ``critical_path``: the longest of the reported paths (start and end cell, total, logic
+        and routing delay in ns, and the HDL source lines along it), or ``None``.
     """
     if not isinstance(report, Mapping):
         report = json.loads(Path(report).read_text())
@@ -226,7 +228,33 @@ def parse_nextpnr_report(report: str | os.PathLike | Mapping) -> dict:
             for bel, v in report.get("utilization", {}).items()}
     fmax = {clk: {"achieved": float(v["achieved"]), "constraint": float(v["constraint"])}
             for clk, v in report.get("fmax", {}).items()}
-    return {"utilisation": util, "fmax": fmax}
+    return {"utilisation": util, "fmax": fmax,
+            "critical_path": _critical_path(report.get("critical_paths", []))}
+
+
+def _critical_path(paths: list) -> dict | None:
+    best = None
+    for path in paths:
+        steps = path.get("path", [])
+        if not steps:
+            continue
+        total = sum(float(step.get("delay", 0)) for step in steps)
+        if best is None or total > best["delay_ns"]:
+            sources = []
+            for step in steps:
+                for src in step.get("sources", []):
+                    if src not in sources:
+                        sources.append(src)
+            best = {
+                "from": steps[0]["from"]["cell"], "to": steps[-1]["to"]["cell"],
+                "delay_ns": round(total, 3),
+                "logic_ns": round(sum(float(st["delay"]) for st in steps
+                                      if st.get("type") != "routing"), 3),
+                "routing_ns": round(sum(float(st["delay"]) for st in steps
+                                        if st.get("type") == "routing"), 3),
+                "sources": sources[:8],
+            }
+    return best
 
 
 def count_netlist_cells(netlist: str | os.PathLike | Mapping) -> tuple[dict[str, int], str]:

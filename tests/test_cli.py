@@ -184,6 +184,9 @@ def test_bitstream_build_grows_with_the_network(build, tmp_path):
         report = reports[name]
         for key in ("lut4", "ff", "ebr", "dsp", "fmax_mhz", "target_mhz"):
             assert isinstance(report[key], (int, float)), key
+        path = report["critical_path"]
+        assert path["delay_ns"] == pytest.approx(1e3 / report["fmax_mhz"], rel=0.05)
+        assert path["from"] and path["to"] and path["logic_ns"] > 0
         assert report["fmax_mhz"] >= report["target_mhz"] == 25.0
         assert (folder / "ulx3s-85f.bit").stat().st_size > 100_000
     tfc, small = reports["tfc"], reports["tiny"]
