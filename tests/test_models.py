@@ -110,7 +110,7 @@ def test_mlps_export_and_import_bit_exactly(name, threshold, pixel, tmp_path):
 @pytest.mark.parametrize("name, shape, methods", [
     ("cnv", (3, 32, 32), Methods()), ("lenet", (28, 28), Methods()),
     ("lenet", (28, 28), Methods(binealnet=True, weight_scaling="forward"))])
-def test_conv_nets_import_bit_exactly_but_compile_refuses_conv(name, shape, methods, tmp_path):
+def test_conv_nets_import_bit_exactly_and_compile(name, shape, methods, tmp_path):
     ds = fake_dataset(shape, n=16)
     torch.manual_seed(0)
     model = build_model(name, shape, 10, methods)
@@ -127,10 +127,12 @@ def test_conv_nets_import_bit_exactly_but_compile_refuses_conv(name, shape, meth
     ref = run(net, ds.x_test)
     assert np.array_equal(ref.scores, t_scores.astype(np.int64))
     assert len(np.unique(ref.scores, axis=0)) == len(ds.x_test)  # inputs reach the scores
-    proc = subprocess.run([sys.executable, "-m", "bnnflow.cli", "compile", str(path), "-o",
+    if name == "cnv":
+        return  # tests/test_bnn_pynq.py compiles a CNV (about a minute); once is enough
+    proc = subprocess.run([sys.executable, "-m", "bnnflow.cli", "-q", "compile", str(path), "-o",
                            str(tmp_path / "build")], capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "(Conv): the hardware generator does not support convolution" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "build" / "core.v").is_file()
 
 
 def test_zoo_names():
