@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .registry import BoardInfo
 
-__all__ = ["CACHE_FORMAT", "tool_versions", "cache_key", "default_cache_dir", "lookup", "store",
-           "restore"]
+__all__ = ["code_digest", "CACHE_FORMAT", "tool_versions", "cache_key", "default_cache_dir",
+           "lookup", "store", "restore"]
 
 #: Bump when :class:`~bnnflow.boards.top.BoardTop` or the build options change what is built.
 CACHE_FORMAT = 1
@@ -68,9 +68,26 @@ def cache_key(design_key: str, board: BoardInfo, *, name: str, seed: int | None,
     blob = json.dumps({
         "format": CACHE_FORMAT, "design": design_key, "board": board.name, "part": board.part,
         "clk_hz": board.clk_freq, "pll": pll, "name": name, "seed": seed,
-        "tools": tool_versions() if tools is None else tools,
+        "tools": tool_versions() if tools is None else tools, "code": code_digest(),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def code_digest() -> str:
+    """Hash of the gateware and build code (``bnnflow.hw``, ``bnnflow.boards``).
+
+    The design key names the network; this covers the code that turns it into a bitstream and
+    a report, so an edit there never returns a stale cached build, even when nobody bumped
+    ``GENERATOR_VERSION``.
+    """
+    import bnnflow.hw
+
+    h = hashlib.sha256()
+    for package in (Path(bnnflow.hw.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def default_cache_dir() -> Path:
