@@ -9,11 +9,13 @@ import numpy as np
 from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+from streams import recv, send
 
 from bnnflow.hw.hostlink import core_in_layout, core_out_layout
 from bnnflow.packing import image_bytes
+from bnnflow.protocol import FrameDecoder
 
-__all__ = ["FakeCore"]
+__all__ = ["FakeCore", "byte_host"]
 
 
 class FakeCore(wiring.Component):
@@ -79,3 +81,25 @@ class FakeCore(wiring.Component):
             best_c = Mux(better, c, best_c)
         m.d.comb += [out.cls.eq(best_c), out.last.eq(1)]
         return m
+
+
+def byte_host(link, requests, events, responses, rng, *, wire=None):
+    """The host side of a :class:`HostLink`'s byte streams, as two testbenches.
+
+    The first sends each request's bytes into ``link.rx`` with 30 % idle cycles; the second
+    takes bytes from ``link.tx`` with 30 % back-pressure (appending them to ``wire`` if given)
+    and decodes frames into ``events`` until there are ``responses`` of them.
+    """
+    async def host_tx(ctx):
+        for request in requests:
+            await send(ctx, link.rx, [{"data": b} for b in request], rng=rng, idle=0.3)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while len(events) < responses:
+            (beat,) = await recv(ctx, link.tx, 1, rng=rng, stall=0.3)
+            if wire is not None:
+                wire.append(beat.data)
+            events.extend(decoder.feed(bytes([beat.data])))
+
+    return host_tx, host_rx

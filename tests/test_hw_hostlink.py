@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib.wiring import connect
-from fakecore import FakeCore
-from streams import recv, run, send
+from fakecore import FakeCore, byte_host
+from streams import run
 
 from bnnflow.hw.hostlink import HostLink, HostTop, generate_top_verilog
 from bnnflow.protocol import (
@@ -47,16 +47,7 @@ def exchange(requests, responses, *, seed=0, max_payload=30, **kwargs):
     rng = random.Random(seed)
     events, core_beats, wire = [], [], bytearray()
 
-    async def host_tx(ctx):
-        for request in requests:
-            await send(ctx, link.rx, [{"data": b} for b in request], rng=rng, idle=0.3)
-
-    async def host_rx(ctx):
-        decoder = FrameDecoder()
-        while len(events) < responses:
-            (beat,) = await recv(ctx, link.tx, 1, rng=rng, stall=0.3)
-            wire.append(beat.data)
-            events.extend(decoder.feed(bytes([beat.data])))
+    host_tx, host_rx = byte_host(link, requests, events, responses, rng, wire=wire)
 
     async def core_monitor(ctx):
         async for _, _, valid, ready in ctx.tick().sample(core.s_axis.valid, core.s_axis.ready):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.lib.wiring import connect
-from fakecore import FakeCore
-from streams import recv, run, send
+from fakecore import FakeCore, byte_host
+from streams import run
 
 from bnnflow.hw.hostlink import HostLink, HostTop
 from bnnflow.protocol import (
@@ -45,15 +45,7 @@ def run_link(requests, responses, *, seed=0, stall=True):
     rng = random.Random(seed)
     events, log = [], {"in": [], "out": [], "stall": []}
 
-    async def host_tx(ctx):
-        for request in requests:
-            await send(ctx, link.rx, [{"data": b} for b in request], rng=rng, idle=0.3)
-
-    async def host_rx(ctx):
-        decoder = FrameDecoder()
-        while len(events) < responses:
-            (beat,) = await recv(ctx, link.tx, 1, rng=rng, stall=0.3)
-            events.extend(decoder.feed(bytes([beat.data])))
+    host_tx, host_rx = byte_host(link, requests, events, responses, rng)
 
     async def monitor(ctx):
         cycle = 0
