@@ -10,7 +10,7 @@ Comparing popcounts is the same as comparing scores, since ``2*c - n`` is monoto
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -82,9 +82,12 @@ class Argmax(wiring.Component):
 
     Notes
     -----
-    ``i_stream.ready`` depends only on registers: the closing beat of a frame waits while the
-    previous result is still in the output register. With one beat per frame (``pe = C``) this
-    limits the block to a frame every two cycles, which no folded scores layer outruns.
+    ``i_stream.ready`` depends only on registers: the closing beat of a frame waits, at the
+    last stage, while the previous result is still in the output register, and the whole
+    block waits with it. The within-beat compare tree is registered after every level
+    (:attr:`stages`), so no path holds more than one comparison. With one beat per frame
+    (``pe = C``) this limits the block to a frame every two cycles, which no folded scores
+    layer outruns.
     """
 
     def __init__(self, classes: int, pe: int, n: int):
@@ -98,6 +101,11 @@ class Argmax(wiring.Component):
             "o_stream": Out(stream.Signature(result_layout(classes, n))),
         })
 
+    @property
+    def stages(self) -> int:
+        """Register stages of the within-beat compare tree: ``ceil(log2(pe))``, one per level."""
+        return ceil_log2(self.pe)
+
     def elaborate(self, platform):
         m = Module()
         i, o = self.i_stream, self.o_stream
@@ -106,43 +114,70 @@ class Argmax(wiring.Component):
         counts = data.View(data.ArrayLayout(unsigned(self.count_width), pe), i.p.data)
         index = Signal(range(beats))  # beat index within the frame
         base = Signal(range(self.classes))  # class index of lane 0 of this beat
-        closing = Signal()
-        take = Signal()
-        # Only the closing beat needs the output register; it waits for the previous result to
-        # leave. Registered terms only, so no combinational path from o.ready to i.ready.
-        m.d.comb += [
-            closing.eq(index == beats - 1),
-            i.ready.eq(~(closing & o.valid)),
-            take.eq(i.valid & i.ready),
-        ]
+        # One enable for the whole block, as in the MVTU: every stage advances together, and
+        # only the closing beat of a frame, at the last stage, waits for the previous result to
+        # leave the output register. Registered terms only, so no combinational path from
+        # o.ready to i.ready.
+        en = Signal()
+        m.d.comb += i.ready.eq(en)
+        with m.If(i.valid & en):
+            m.d.sync += [
+                index.eq(Mux(index == beats - 1, 0, index + 1)),
+                base.eq(Mux(index == beats - 1, 0, base + pe)),
+            ]
 
-        beat_val, beat_lane = self._best([(counts[p], Const(p, range(pe))) for p in range(pe)])
+        # Stage 0 is the input beat; each further stage is one registered level of the max
+        # tree over (count, lane) pairs, lower lane first so the first maximum wins.
+        beat_scores = Signal(data.ArrayLayout(signed(sw), pe))
+        m.d.comb += [beat_scores[p].eq((counts[p] << 1) - self.n) for p in range(pe)]
+        pairs = [(counts[p], Const(p, range(pe))) for p in range(pe)]
+        valid, first, closing, lane0, scores = (i.valid, index == 0, index == beats - 1, base,
+                                                beat_scores)
+        for level in range(self.stages):
+            merged = []
+            for j in range(0, len(pairs), 2):
+                if j + 1 == len(pairs):
+                    merged.append(pairs[j])
+                    continue
+                (lv, li), (rv, ri) = pairs[j], pairs[j + 1]
+                right = rv > lv
+                merged.append((Mux(right, rv, lv), Mux(right, ri, li)))
+            regs = [(Signal(self.count_width, name=f"l{level}_val{j}"),
+                     Signal(range(pe), name=f"l{level}_lane{j}")) for j in range(len(merged))]
+            nxt = (Signal(name=f"l{level}_valid"), Signal(name=f"l{level}_first"),
+                   Signal(name=f"l{level}_closing"), Signal.like(base, name=f"l{level}_base"),
+                   Signal.like(beat_scores, name=f"l{level}_scores"))
+            with m.If(en):
+                m.d.sync += [reg.eq(val) for pair, rpair in zip(merged, regs, strict=True)
+                             for reg, val in zip(rpair, pair, strict=True)]
+                m.d.sync += [reg.eq(val) for reg, val in zip(
+                    nxt, (valid, first, closing, lane0, scores), strict=True)]
+            pairs = regs
+            valid, first, closing, lane0, scores = nxt
+        (beat_val, beat_lane), = pairs
+        m.d.comb += en.eq(~(valid & closing & o.valid))
+
         run_val = Signal(self.count_width)
         run_cls = Signal(range(self.classes))
         new = Signal()  # this beat's best beats the frame's running best (or starts a frame)
         cur_val = Signal.like(run_val)
         cur_cls = Signal.like(run_cls)
         m.d.comb += [
-            new.eq((index == 0) | (beat_val > run_val)),
+            new.eq(first | (beat_val > run_val)),
             cur_val.eq(Mux(new, beat_val, run_val)),
-            cur_cls.eq(Mux(new, base + beat_lane, run_cls)),
+            cur_cls.eq(Mux(new, lane0 + beat_lane, run_cls)),
         ]
-
-        beat_scores = Signal(data.ArrayLayout(signed(sw), pe))
-        m.d.comb += [beat_scores[p].eq((counts[p] << 1) - self.n) for p in range(pe)]
         # Earlier beats of the frame shift down through this register, oldest at the bottom.
         earlier = Signal((beats - 1) * pe * sw)
-        all_scores = Cat(earlier, beat_scores)
+        all_scores = Cat(earlier, scores)
 
         with m.If(o.valid & o.ready):
             m.d.sync += o.valid.eq(0)
-        with m.If(take):
+        with m.If(en & valid):
             m.d.sync += [
                 run_val.eq(cur_val),
                 run_cls.eq(cur_cls),
-                index.eq(Mux(closing, 0, index + 1)),
-                base.eq(Mux(closing, 0, base + pe)),
-                earlier.eq(Cat(earlier, beat_scores)[pe * sw:]),
+                earlier.eq(Cat(earlier, scores)[pe * sw:]),
             ]
             with m.If(closing):
                 m.d.sync += [
@@ -152,13 +187,3 @@ class Argmax(wiring.Component):
                     o.p.last.eq(1),
                 ]
         return m
-
-    @classmethod
-    def _best(cls, lanes: list[tuple[Value, Value]]) -> tuple[Value, Value]:
-        """Balanced max tree over ``(value, index)`` pairs in index order; first max wins."""
-        if len(lanes) == 1:
-            return lanes[0]
-        half = len(lanes) // 2
-        (lv, li), (rv, ri) = cls._best(lanes[:half]), cls._best(lanes[half:])
-        right = rv > lv
-        return Mux(right, rv, lv), Mux(right, ri, li)

@@ -36,6 +36,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from bnnflow import packing
 from bnnflow.folding import Folding
@@ -45,11 +46,12 @@ from .argmax import Argmax, result_layout, score_width
 from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
+from .storage import ebr_count, weight_storage
 from .swu import SlidingWindow
 
 __all__ = [
-    "input_layout", "output_layout", "score_bits", "latency", "stream_elems", "BnnCore",
-    "generate_verilog",
+    "input_layout", "output_layout", "score_bits", "latency", "stream_elems", "storage_plan",
+    "BnnCore", "generate_verilog",
 ]
 
 
@@ -106,15 +108,73 @@ def latency(net: Network, folding: Folding) -> int:
     """Cycles from the transfer of a frame's last input beat to the transfer of its result.
 
     For dense networks. Holds when the pipeline is idle before the frame and ``m_axis`` is
-    ready. Each layer adds
-    :attr:`MVTU.LATENCY` plus ``NF*SF - 1`` steps from its first to its last output beat
-    (the next layer starts only once it has the whole vector); the argmax adds one register.
+    ready. Each layer adds its MVTU's :attr:`~MVTU.latency` (which grows with the adder tree
+    of its SIMD lanes) plus ``NF*SF - 1`` steps from its first to its last output beat (the
+    next layer starts only once it has the whole vector); the argmax adds one register per
+    level of its compare tree over the final layer's PE lanes, and its output register.
     """
-    total = 1
+    total = 1 + ceil_log2(folding[net.layers[-1].name].pe)
     for layer in net.layers:
         f = folding[layer.name]
-        total += MVTU.LATENCY + (layer.out_features // f.pe) * (layer.in_features // f.simd) - 1
+        steps = (layer.out_features // f.pe) * (layer.in_features // f.simd)
+        total += MVTU.pipeline_latency(f.simd) + steps - 1
     return total
+
+
+def storage_plan(net: Network, folding: Folding, in_width: int = 8,
+                 ebr_budget: int | None = None) -> tuple[dict[str, str], int]:
+    """Weight storage of every MVTU, and the block RAMs (DP16KD) the core is expected to use.
+
+    Each layer takes :func:`~bnnflow.hw.storage.weight_storage` of its fold depth. Block RAM
+    gives a lane at most 36 bits per DP16KD whatever the depth, so shallow wide layers can need
+    more blocks than the device has; with an ``ebr_budget`` the block-RAM layers with the
+    fewest words per lane move to LUT ROMs, one by one, until the estimate fits (or none is
+    left). The estimate counts weight and threshold memories and sliding-window line buffers,
+    each at its cheapest DP16KD aspect ratio; Yosys may put small ones in LUTs instead.
+
+    Parameters
+    ----------
+    net, folding, in_width
+        As for :class:`BnnCore`.
+    ebr_budget
+        DP16KD blocks available to the core (208 on an LFE5U-85F), or ``None`` for no limit.
+
+    Returns
+    -------
+    storages : dict of str to str
+        Layer name -> ``"const"``, ``"lut"`` or ``"bram"``.
+    ebr : int
+        Estimated DP16KD blocks with that plan.
+    """
+    elems = stream_elems(net, in_width)
+    eb = 1 if net.input.binary else packing.level_bits(net.input.levels)
+    fixed, weight_ebr, depth, storages = 0, {}, {}, {}
+    for layer in net.layers:
+        if isinstance(layer, (Conv, MaxPool)):
+            c, _, w = layer.in_shape
+            rows = layer.kernel + layer.stride
+            fixed += ebr_count(elems * eb, rows * w * (c // elems))
+        if isinstance(layer, MaxPool):
+            continue
+        f = folding[layer.name]
+        nf, sf = layer.out_channels // f.pe, layer.fan_in // f.simd
+        depth[layer.name] = nf * sf
+        storages[layer.name] = weight_storage(nf * sf)
+        weight_ebr[layer.name] = ebr_count(f.pe * f.simd, nf * sf)
+        if layer.thresholds is not None and weight_storage(nf) == "bram":
+            fixed += ebr_count(f.pe * (layer.fan_in.bit_length() + 4), nf)  # upper bound
+        elems, eb = f.pe, 1
+
+    def total() -> int:
+        return fixed + sum(n for name, n in weight_ebr.items() if storages[name] == "bram")
+
+    if ebr_budget is not None:
+        for name in sorted(depth, key=lambda n: (depth[n], -weight_ebr[n])):
+            if total() <= ebr_budget:
+                break
+            if storages[name] == "bram":
+                storages[name] = "lut"
+    return storages, total()
 
 
 class BnnCore(wiring.Component):
@@ -130,6 +190,8 @@ class BnnCore(wiring.Component):
         (``ceil(n/in_width)`` beats per frame at most that many) and ``m_axis`` is ready.
     in_width
         Bits per ``s_axis`` beat.
+    ebr_budget
+        Block RAMs available for weights (see :func:`storage_plan`); ``None`` for no limit.
 
     Attributes
     ----------
@@ -139,10 +201,13 @@ class BnnCore(wiring.Component):
         One result beat per frame.
     """
 
-    def __init__(self, net: Network, folding: Folding, in_width: int = 8):
+    def __init__(self, net: Network, folding: Folding, in_width: int = 8,
+                 ebr_budget: int | None = None):
         folding.validate(net)
         self.net, self.folding, self.in_width = net, folding, in_width
         self.elems = stream_elems(net, in_width)
+        #: Weight storage per layer name, and the estimated DP16KD count (:func:`storage_plan`).
+        self.storages, self.ebr_estimate = storage_plan(net, folding, in_width, ebr_budget)
         #: Bits of one frame on ``s_axis`` (pixels count ``pixel_bits`` each).
         self.n_inputs = net.input.size
         if not net.input.binary:
@@ -183,7 +248,8 @@ class BnnCore(wiring.Component):
                 weights = layer.weights
             f = self.folding[layer.name]
             matrix = Dense(layer.name, weights, layer.thresholds, layer.integer_input)
-            mvtu = MVTU(matrix, f.pe, f.simd, elems * eb, eb, net.input.max_level)
+            mvtu = MVTU(matrix, f.pe, f.simd, elems * eb, eb, net.input.max_level,
+                        self.storages[layer.name])
             m.submodules[f"layer{index}"] = mvtu
             wiring.connect(m, upstream, mvtu.i_stream)
             upstream, elems, eb = mvtu.o_stream, f.pe, 1
@@ -196,12 +262,12 @@ class BnnCore(wiring.Component):
 
 
 def generate_verilog(net: Network, folding: Folding, path, in_width: int = 8,
-                     name: str = "bnn_core") -> None:
+                     name: str = "bnn_core", ebr_budget: int | None = None) -> None:
     """Write the core as a Verilog module.
 
     Parameters
     ----------
-    net, folding, in_width
+    net, folding, in_width, ebr_budget
         As for :class:`BnnCore`.
     path
         Output file.
@@ -210,5 +276,5 @@ def generate_verilog(net: Network, folding: Folding, path, in_width: int = 8,
         ``s_axis__valid``, ``s_axis__ready``, ``m_axis__payload``, ``m_axis__valid`` and
         ``m_axis__ready``; payloads are packed LSB first in layout field order.
     """
-    core = BnnCore(net, folding, in_width)
+    core = BnnCore(net, folding, in_width, ebr_budget)
     Path(path).write_text(verilog.convert(core, name=name))

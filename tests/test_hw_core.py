@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Fragment
 from streams import recv, run, send
 
 from bnnflow import packing, reference
@@ -17,7 +18,9 @@ from bnnflow.hw.core import (
     latency,
     output_layout,
     score_bits,
+    storage_plan,
 )
+from bnnflow.hw.storage import ebr_count
 from bnnflow.ir import Dense, InputSpec, Network, Thresholds
 
 
@@ -48,9 +51,9 @@ def frame_beats(rng: np.random.Generator, bits: np.ndarray, width: int) -> list[
     return out
 
 
-def simulate(net, folding, bits, *, in_width=8, seed=0, idle=0.0, stall=0.0):
+def simulate(net, folding, bits, *, in_width=8, seed=0, idle=0.0, stall=0.0, ebr_budget=None):
     """Run ``BnnCore`` on input bit rows; returns (classes, scores, out cycles, in cycles)."""
-    dut = BnnCore(net, folding, in_width)
+    dut = BnnCore(net, folding, in_width, ebr_budget)
     beats = frame_beats(np.random.default_rng(seed), bits, in_width)
     results, out_cycles, in_cycles = [], [], []
 
@@ -144,6 +147,67 @@ def test_throughput_matches_model(sizes):
     assert np.all(per_frame == folding.cycles_per_frame(net))
     beats = -(-sizes[0] // 8)
     assert out_cycles[0] - in_cycles[beats - 1] == latency(net, folding)
+
+
+@pytest.mark.parametrize("folds", [[(2, 128), (5, 32)], [(32, 16), (10, 32)]])
+def test_latency_deep_adder_trees(folds):
+    """Three-stage (SIMD 128) and differing adder trees: the latency model stays exact."""
+    rng = np.random.default_rng(12)
+    net = random_network(rng, [128, 32, 10])
+    folding = folding_of(net, *folds)
+    bits = rng.integers(0, 2, (10, 128))
+    classes, scores, out_cycles, in_cycles = simulate(net, folding, bits)
+    ref = reference.run(net, bits, bits=True)
+    np.testing.assert_array_equal(scores, ref.scores)
+    np.testing.assert_array_equal(classes, ref.classes)
+    assert out_cycles[0] - in_cycles[128 // 8 - 1] == latency(net, folding)
+
+
+def test_ebr_count():
+    assert ebr_count(36, 512) == 1
+    assert ebr_count(37, 512) == 2
+    assert ebr_count(36, 513) == 2
+    assert ebr_count(18, 1024) == 1
+    assert ebr_count(1, 16384) == 1
+    assert ebr_count(3584, 56) == 100  # SFC's first layer at PE 32, SIMD 112
+
+
+def test_storage_plan_budget():
+    """Shallow block-RAM layers move to LUT ROMs, shallowest first, until the budget fits."""
+    rng = np.random.default_rng(2)
+    net = random_network(rng, [784, 256, 256, 256, 10])
+    folding = folding_of(net, (32, 112), (16, 128), (16, 128), (1, 64))
+    plan, ebr = storage_plan(net, folding, 16)
+    assert plan == dict.fromkeys(["fc0", "fc1", "fc2", "fc3"], "bram") and ebr > 208
+    plan, ebr = storage_plan(net, folding, 16, ebr_budget=208)
+    assert ebr <= 208
+    assert plan["fc0"] == "bram" and sorted(plan.values()).count("lut") == 1
+    plan, _ = storage_plan(net, folding, 16, ebr_budget=0)
+    assert set(plan.values()) == {"lut"}
+
+
+def test_core_with_budget_bit_exact():
+    """A budget that demotes a layer changes its storage, never the results."""
+    rng = np.random.default_rng(21)
+    net = random_network(rng, [64, 32, 16, 10])
+    folding = folding_of(net, (1, 4), (2, 8), (1, 8))
+    plan, _ = storage_plan(net, folding, 8, ebr_budget=0)
+    assert plan["fc0"] == "lut" and storage_plan(net, folding, 8)[0]["fc0"] == "bram"
+    bits = rng.integers(0, 2, (4, 64))
+    dut_results = []
+    for budget in (None, 0):
+        core = BnnCore(net, folding, 8, ebr_budget=budget)
+        assert core.storages == storage_plan(net, folding, 8, budget)[0]
+        top = core.elaborate(None)
+        assert top.submodules["layer0"].weight_storage == core.storages["fc0"]
+        Fragment.get(top, None)  # elaborates (and so uses) the MVTUs just built
+        Fragment.get(core, None)
+        dut_results.append(simulate(net, folding, bits, seed=1, idle=0.2, stall=0.2,
+                                    ebr_budget=budget)[:2])
+    ref = reference.run(net, bits, bits=True)
+    for classes, scores in dut_results:
+        np.testing.assert_array_equal(scores, ref.scores)
+        np.testing.assert_array_equal(classes, ref.classes)
 
 
 def test_generate_verilog(tmp_path):

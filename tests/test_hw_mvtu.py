@@ -1,4 +1,8 @@
+# amaranth: UnusedElaboratable=no
 """Amaranth-simulator tests of one MVTU (hw/mvtu.py) against the numpy reference."""
+
+# The pragma above: test_storage_rule builds MVTUs only to read their attributes or to see
+# them refused, never to elaborate them.
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from amaranth.sim import Simulator
 from streams import recv, rule_checker, run, send
 
 from bnnflow import packing, reference
-from bnnflow.hw.mvtu import MVTU, beat_layout
-from bnnflow.hw.popcount import popcount, popcount_width
+from bnnflow.hw.mvtu import MVTU, beat_layout, rom_value
+from bnnflow.hw.popcount import adder_tree, popcount, popcount_width, tree_levels, tree_stages
+from bnnflow.hw.storage import LUT_MAX_DEPTH, weight_storage
 from bnnflow.ir import Dense, Thresholds
 
 
@@ -57,9 +62,9 @@ def expected_beats(layer: Dense, pe: int, x: np.ndarray) -> list[tuple[int, int]
     return out
 
 
-def simulate(layer, pe, simd, in_width, x, *, seed=0, idle=0.0, stall=0.0):
+def simulate(layer, pe, simd, in_width, x, *, seed=0, idle=0.0, stall=0.0, storage=None):
     """Run an MVTU on ``x``; returns received ``(data, last)`` beats and their cycles."""
-    dut = MVTU(layer, pe, simd, in_width)
+    dut = MVTU(layer, pe, simd, in_width, weight_storage=storage)
     rng = random.Random(seed)
     beats = input_beats(np.random.default_rng(seed), x, in_width)
     n_out = len(x) * dut.nf
@@ -118,17 +123,132 @@ def test_scores_mode(mh, mw, pe, simd, in_width):
     (16, 32, 2, 8, 4),  # input beats (8) well under the 32 compute cycles
     (16, 16, 4, 16, 4),  # input beats == NF*SF == 4: the load bypass must avoid a bubble
     (8, 8, 8, 4, 8),  # two cycles per vector
+    (8, 128, 2, 64, 32),  # a two-stage adder tree
+    (4, 512, 2, 512, 256),  # a three-stage adder tree, one slice per vector
 ])
-def test_throughput_and_latency(mh, mw, pe, simd, in_width):
+@pytest.mark.parametrize("storage", [None, "lut", "bram"])
+def test_throughput_and_latency(mh, mw, pe, simd, in_width, storage):
     rng = np.random.default_rng(11)
     layer = random_layer(rng, mh, mw)
-    x = rng.integers(0, 2, (40, mw))
-    dut, got, cycles, sent = simulate(layer, pe, simd, in_width, x)
+    x = rng.integers(0, 2, (40 if mw < 128 else 12, mw))
+    dut, got, cycles, sent = simulate(layer, pe, simd, in_width, x, storage=storage)
     assert got == expected_beats(layer, pe, x)
     tails = [c for c, (_, last) in zip(cycles, got, strict=True) if last]
     # Steady state is exactly one (nf, sf) step per cycle: no bubble between vectors.
     assert np.all(np.diff(tails) == dut.cycles)
-    assert cycles[0] - sent[dut.beats - 1] == dut.LATENCY + dut.sf - 1
+    # The latency is the same whatever the storage, and grows with the adder tree only.
+    assert dut.latency == MVTU.pipeline_latency(simd) == 6 + tree_stages(simd)
+    assert cycles[0] - sent[dut.beats - 1] == dut.latency + dut.sf - 1
+
+
+# (mh, mw, pe, simd, in_width, storage): every storage on shapes it is not the rule's choice
+# for, too (the override exists to measure them against each other).
+STORAGE_CASES = [
+    (12, 24, 12, 24, 7, "const"),
+    (12, 24, 12, 24, 7, "lut"),
+    (12, 24, 12, 24, 7, "bram"),
+    (12, 24, 4, 8, 3, "lut"),  # depth 9
+    (12, 24, 4, 8, 3, "bram"),
+    (12, 24, 2, 4, 8, "lut"),  # depth 36, beyond the rule's LUT depth
+    (12, 24, 3, 24, 24, "lut"),  # SF = 1: the ROM steps through output groups only
+    (12, 24, 12, 2, 1, "lut"),  # NF = 1: one threshold word, constant
+    (16, 96, 4, 48, 16, "lut"),  # two-stage tree
+]
+
+
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width", "storage"), STORAGE_CASES)
+def test_storage_bit_exact_random_stalls(mh, mw, pe, simd, in_width, storage):
+    rng = np.random.default_rng(mh + mw + pe * simd)
+    layer = random_layer(rng, mh, mw)
+    x = rng.integers(0, 2, (16, mw))
+    dut, got, _, _ = simulate(layer, pe, simd, in_width, x, seed=simd, idle=0.3, stall=0.4,
+                              storage=storage)
+    assert dut.weight_storage == storage
+    assert got == expected_beats(layer, pe, x)
+
+
+@pytest.mark.parametrize("storage", ["const", "lut", "bram"])
+def test_storage_scores_mode(storage):
+    rng = np.random.default_rng(17)
+    layer = random_layer(rng, 10, 24, scores=True)
+    x = rng.integers(0, 2, (12, 24))
+    x[0] = layer.weights[0]
+    _, got, _, _ = simulate(layer, 10, 24, 24, x, seed=5, idle=0.2, stall=0.5, storage=storage)
+    assert got == expected_beats(layer, 10, x)
+
+
+def test_storage_rule():
+    assert weight_storage(1) == "const"
+    assert weight_storage(2) == "lut"
+    assert weight_storage(LUT_MAX_DEPTH) == "lut"
+    assert weight_storage(LUT_MAX_DEPTH + 1) == "bram"
+    with pytest.raises(ValueError, match="fold depth 0"):
+        weight_storage(0)
+    layer = random_layer(np.random.default_rng(0), 12, 24)
+    assert MVTU(layer, 12, 24, 8).weight_storage == "const"
+    assert MVTU(layer, 4, 8, 8).weight_storage == "lut"
+    assert MVTU(layer, 1, 1, 8).weight_storage == "bram"
+    with pytest.raises(ValueError, match="layer fc: weight storage 'rom' is not one of"):
+        MVTU(layer, 4, 8, 8, weight_storage="rom")
+    with pytest.raises(ValueError, match="layer fc: constant weights need a fold depth of 1"):
+        MVTU(layer, 4, 8, 8, weight_storage="const")
+
+
+def test_rom_value_exhaustive():
+    words = [0b1011, 0b0110, 0b0001, 0b1111, 0b0000, 0b1000, 0b0101]
+    m = Module()
+    addr = Signal(range(len(words)))
+    o = Signal(4)
+    m.d.comb += o.eq(rom_value(words, 4, addr))
+
+    async def bench(ctx):
+        for a, w in enumerate(words):
+            ctx.set(addr, a)
+            assert ctx.get(o) == w
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize(("n", "signed_terms"), [(1, False), (7, False), (64, False),
+                                                  (300, False), (9, True)])
+def test_adder_tree_pipelined_with_stalls(n, signed_terms):
+    """The pipelined tree against Python's sum, its registers held while ``en`` is low."""
+    assert tree_levels(n) == (n - 1).bit_length()
+    stages = tree_stages(n)
+    assert stages == max(1, -(-tree_levels(n) // 3))
+    lo, hi = (-8, 8) if signed_terms else (0, 2)
+    m = Module()
+    en = Signal()
+    ins = [Signal(range(lo, hi), name=f"t{i}") for i in range(n)]
+    total = adder_tree(m, en, ins, range(lo * n, (hi - 1) * n + 1), "t")
+    rng = random.Random(n)
+    vectors = [[rng.randrange(lo, hi) for _ in range(n)] for _ in range(12)]
+
+    async def bench(ctx):
+        # One input vector per enabled cycle; the sum of the vector applied `stages` enabled
+        # cycles earlier must then be at the output, whatever the disabled cycles in between.
+        applied, seen = [], []
+        k = 0
+        while len(seen) < len(vectors) - stages:
+            enable = rng.random() < 0.6
+            if enable and k < len(vectors):
+                for s, v in zip(ins, vectors[k], strict=True):
+                    ctx.set(s, v)
+            ctx.set(en, enable)
+            await ctx.tick()
+            if enable:
+                applied.append(sum(vectors[k]) if k < len(vectors) else None)
+                k += 1
+                if len(applied) >= stages:
+                    seen.append(ctx.get(total))
+        assert seen == applied[:len(seen)]
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
 
 
 def test_popcount_exhaustive():

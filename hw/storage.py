@@ -1,0 +1,75 @@
+"""Where a layer keeps its weights, chosen by its fold depth.
+
+An MVTU lane reads one weight bit per cycle out of ``depth = NF*SF`` bits (its fold depth).
+The cheapest home for those bits depends on that depth:
+
+* ``"const"`` (depth 1, a fully parallel layer): the weights are constants; the XNOR with a
+  constant is a wire or an inverter and disappears into the popcount's first LUT level.
+* ``"lut"`` (a few weights per lane): a LUT ROM indexed by the step counter, registered like a
+  memory read; a LUT4 holds an 8-entry ROM together with the lane's XNOR, a 16-entry one takes
+  two LUT4s and a PFUMX.
+* ``"bram"`` (many weights per lane): block RAM (ECP5 DP16KD, 18 kbit, at most 36 bits wide).
+
+Why :data:`LUT_MAX_DEPTH` is 16: block RAM costs no LUTs for the weights themselves, but a
+DP16KD delivers at most 36 bits per cycle, so a layer of ``L`` lanes needs ``ceil(L/36)`` of
+them whatever its depth. At depth 16 each uses 576 of its 18,432 bits, and a layer folded that
+shallow is a wide one: SFC's first layer at 16 cycles per frame has 12,544 lanes, 349 DP16KD,
+more than the 208 of the ULX3S-85F. LUT ROMs cost about one LUT4 per lane up to depth 8 and
+two up to 16 (``python -m bnnflow.lanecost``); beyond that block RAM is both cheaper and fits.
+
+:func:`weight_storage` is the single definition both the generator and the resource model use.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STORAGES", "LUT_MAX_DEPTH", "EBR_MODES", "weight_storage", "ebr_count"]
+
+#: The storage kinds, cheapest first for a shallow layer.
+STORAGES = ("const", "lut", "bram")
+
+#: Deepest fold for which a LUT ROM is chosen over block RAM.
+LUT_MAX_DEPTH = 16
+
+
+def weight_storage(depth: int) -> str:
+    """The storage kind for a layer whose lanes cycle through ``depth`` weights each.
+
+    Parameters
+    ----------
+    depth
+        ``NF*SF``, the words of the layer's weight memory; ``>= 1``.
+
+    Returns
+    -------
+    str
+        One of :data:`STORAGES`.
+    """
+    if depth < 1:
+        raise ValueError(f"fold depth {depth} < 1")
+    if depth == 1:
+        return "const"
+    if depth <= LUT_MAX_DEPTH:
+        return "lut"
+    return "bram"
+
+
+#: ECP5 DP16KD aspect ratios, ``(width, depth)``: 18 kbit at 9/18/36 bits, 16 kbit below.
+EBR_MODES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+
+def ebr_count(width: int, depth: int) -> int:
+    """DP16KD blocks for a ``width``-bit, ``depth``-word memory in its cheapest aspect ratio.
+
+    Parameters
+    ----------
+    width, depth
+        Word width and number of words; ``>= 1``.
+
+    Returns
+    -------
+    int
+        ``min(ceil(width/w) * ceil(depth/d))`` over :data:`EBR_MODES`.
+    """
+    if width < 1 or depth < 1:
+        raise ValueError(f"a memory of {width} bits x {depth} words")
+    return min(-(-width // w) * -(-depth // d) for w, d in EBR_MODES)
