@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from amaranth import ClockDomain, Const, Elaboratable, Module, Shape, Signal
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib.cdc import ResetSynchronizer
 
 from .pll import ECP5PLL
 from .registry import BoardInfo, get_board
@@ -29,9 +29,10 @@ class BoardTop(Elaboratable):
 
     Without a target frequency the ``sync`` domain runs from the board oscillator with a
     power-on reset. With one, it runs from an ECP5 PLL (:mod:`.pll`) at the closest frequency
-    the PLL can make, held in reset until the PLL locks. The UART receive pin is synchronized
-    (it is asynchronous to the fabric clock) and the transmit pin is driven from a register
-    that starts high, so the line idles rather than sending a break while the design comes out
+    the PLL can make, held in reset until the PLL locks. The UART receive pin goes straight
+    to the host top, whose UART receiver synchronizes it (it is asynchronous to the fabric
+    clock; one synchronizer, not two), and the transmit pin is driven from a register that
+    starts high, so the line idles rather than sending a break while the design comes out
     of configuration or waits for the PLL.
 
     Parameters
@@ -41,7 +42,8 @@ class BoardTop(Elaboratable):
         whose ``clk_freq`` is the actual ``sync`` frequency in Hz (the PLL output when there
         is one; compute the UART divisor from it) and ``max_baud`` the link's limit. Returns a
         ``wiring.Component`` with ports ``rx: In(1)`` and ``tx: Out(1)``, e.g.
-        ``hw.hostlink.HostTop``.
+        ``hw.hostlink.HostTop``; ``rx`` is the pin itself, which the component must
+        synchronize (HostTop's UART receiver does).
     board : str or BoardInfo
         The board, by registry name or description (a description from
         :meth:`BoardInfo.with_clock` keeps its PLL).
@@ -99,7 +101,7 @@ class BoardTop(Elaboratable):
         link = platform.request(*board.link_resource, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", link.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", link.tx)
-        m.submodules.rx_sync = FFSynchronizer(rx_buf.i, host.rx, init=1)
+        m.d.comb += host.rx.eq(rx_buf.i)  # HostTop's UARTRx has the synchronizer
         tx = Signal(init=1)
         m.d.sync += tx.eq(host.tx)
         m.d.comb += tx_buf.o.eq(tx)

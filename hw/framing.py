@@ -23,7 +23,8 @@ from ..protocol import (
 )
 from .uart import ByteLayout
 
-__all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "Unescaper", "FrameRx", "FrameTx"]
+__all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "bank_words", "Unescaper", "FrameRx",
+           "ByteSerializer", "FrameTx"]
 
 #: An un-escaped received byte; ``start`` marks a raw START (the byte value is then moot).
 RxByteLayout = data.StructLayout({"data": 8, "start": 1})
@@ -47,8 +48,25 @@ RequestLayout = data.StructLayout({
 })
 
 
+def bank_words(max_payload: int, unit: int, width: int = 8) -> int:
+    """Words in one bank of the request buffer, a power of two (the bank is the top address bit).
+
+    A bank holds ``max_payload`` bytes of ``unit``-byte items in words of ``width`` bits (a
+    multiple of 8), each item starting a new word: byte ``j`` of an item is byte lane
+    ``j % (width // 8)`` of the item's word ``j // (width // 8)``.
+    """
+    if width < 8 or width % 8:
+        raise ValueError(f"buffer word width {width} is not a whole number of bytes")
+    per_word = width // 8
+    items, rest = divmod(max_payload, unit)
+    words = items * -(-unit // per_word) + -(-rest // per_word)
+    return 1 << ceil_log2(max(words, 1))
+
+
 class Unescaper(wiring.Component):
-    """Marks raw START bytes and removes HDLC escapes (``0x7D, b`` becomes ``b ^ 0x20``)."""
+    """Marks raw START bytes and removes HDLC escapes (``0x7D, b`` becomes ``b ^ 0x20``).
+
+    The output is a register, so the byte comparisons end at a flip-flop."""
 
     i: In(stream.Signature(ByteLayout))
     o: Out(stream.Signature(RxByteLayout))
@@ -59,14 +77,13 @@ class Unescaper(wiring.Component):
         byte = self.i.payload.data
         is_start = byte == START
         prefix = (byte == ESCAPE) & ~pending & ~is_start  # swallowed, not forwarded
-        m.d.comb += [
-            self.o.payload.data.eq(Mux(pending, byte ^ ESCAPE_XOR, byte)),
-            self.o.payload.start.eq(is_start),
-            self.o.valid.eq(self.i.valid & ~prefix),
-            self.i.ready.eq(self.o.ready | prefix),
-        ]
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += pending.eq(prefix)
+            m.d.sync += [pending.eq(prefix), self.o.valid.eq(~prefix),
+                         self.o.payload.data.eq(Mux(pending, byte ^ ESCAPE_XOR, byte)),
+                         self.o.payload.start.eq(is_start)]
         return m
 
 
@@ -81,12 +98,17 @@ class _Rx(enum.Enum, shape=4):
     CRC1 = 7
     CHECK = 8
     HOLD = 9
+    LENGTH = 10  # the header is in: check the length
 
 
 class FrameRx(wiring.Component):
     """Receives frames, writes their payload to a buffer and emits one request per frame.
 
-    The buffer has two banks of ``2**ceil_log2(max_payload)`` bytes; each accepted request
+    The buffer has two banks of :func:`bank_words` words of ``width`` bits, each byte written
+    through its own lane enable. Each payload item (an image) starts a new word, so a reader
+    gets a whole item in consecutive words, one per cycle; the lanes after an item's last byte
+    in its last word are never written (every item has the same size) and keep the buffer's
+    initial zeros. Each accepted request
     switches reception to the other bank, so the next request can arrive while the responder
     still replays this one's images. A START anywhere restarts reception, so a truncated frame
     is dropped. The request is emitted after the CRC has been checked (``error`` with
@@ -100,20 +122,26 @@ class FrameRx(wiring.Component):
         Bank size in bytes (the items of one request).
     unit : int
         Item size in bytes for ``units``/``aligned`` (an image).
+    width : int
+        Bits per buffer word, a multiple of 8.
 
     Attributes
     ----------
     i : In(stream.Signature(RxByteLayout))
-    wr : In(WritePort.Signature(addr_width=ceil_log2(max_payload) + 1, shape=8))
-        Drives the buffer's write port; the top address bit is the bank.
+    wr : In(WritePort.Signature(addr_width=ceil_log2(bank_words(...)) + 1, shape=width,
+        granularity=8))
+        Drives the buffer's write port, one enable per byte lane; the top address bit is the
+        bank.
     req : Out(stream.Signature(RequestLayout))
     """
 
-    def __init__(self, max_payload, unit):
-        self.max_payload, self.unit = max_payload, unit
+    def __init__(self, max_payload, unit, width=8):
+        self.max_payload, self.unit, self.width = max_payload, unit, width
+        self.words = bank_words(max_payload, unit, width)
         super().__init__({
             "i": In(stream.Signature(RxByteLayout)),
-            "wr": In(WritePort.Signature(addr_width=ceil_log2(max_payload) + 1, shape=8)),
+            "wr": In(WritePort.Signature(addr_width=ceil_log2(self.words) + 1, shape=width,
+                                         granularity=8)),
             "req": Out(stream.Signature(RequestLayout)),
         })
 
@@ -121,19 +149,23 @@ class FrameRx(wiring.Component):
         m = Module()
         m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
         phase = Signal(_Rx)
-        count = Signal(range(self.max_payload + REPLAY_ARG_SIZE + 1))  # payload bytes so far
-        addr = Signal(ceil_log2(self.max_payload))
+        left = Signal(16)  # payload bytes still to come
+        lanes, unit = self.width // 8, self.unit
+        addr = Signal(ceil_log2(self.words))  # the word of the next item byte
+        lane = Signal(lanes, init=1)  # and its byte lane, one-hot
+        rem = Signal(range(unit))  # its index in the item
+        unit_end = Signal(init=unit == 1)  # it is the item's last
         args = Signal(range(REPLAY_ARG_SIZE + 1))  # argument bytes still to come
-        rem = Signal(range(self.unit))
         fcs = Signal(16)
         req = self.req.payload
         byte = self.i.payload.data
-        length = Cat(req.length[:8], byte)  # the full length while receiving its high byte
-        arg_bytes = Mux(req.cmd == Command.REPLAY, REPLAY_ARG_SIZE, 0)
+        arg_bytes = Signal(range(REPLAY_ARG_SIZE + 1))  # of the command being received
+        limit = Signal(16)  # its longest payload
 
         m.d.comb += [crc.data.eq(byte), self.wr.addr.eq(Cat(addr, req.bank)),
-                     self.wr.data.eq(byte)]
-        m.d.comb += self.i.ready.eq((phase != _Rx.CHECK) & (phase != _Rx.HOLD))
+                     self.wr.data.eq(byte.replicate(lanes))]
+        m.d.comb += self.i.ready.eq((phase != _Rx.CHECK) & (phase != _Rx.HOLD)
+                                    & (phase != _Rx.LENGTH))
         with m.If(self.i.valid & self.i.ready):
             with m.If(self.i.payload.start):
                 m.d.comb += crc.start.eq(1)
@@ -143,37 +175,49 @@ class FrameRx(wiring.Component):
                 m.d.comb += crc.valid.eq(in_body)
                 with m.Switch(phase):
                     with m.Case(_Rx.CMD):
-                        m.d.sync += [req.cmd.eq(byte), phase.eq(_Rx.SEQ)]
+                        is_replay = byte == Command.REPLAY.value
+                        m.d.sync += [req.cmd.eq(byte), phase.eq(_Rx.SEQ),
+                                     arg_bytes.eq(Mux(is_replay, REPLAY_ARG_SIZE, 0)),
+                                     limit.eq(self.max_payload + Mux(is_replay,
+                                                                     REPLAY_ARG_SIZE, 0))]
                     with m.Case(_Rx.SEQ):
                         m.d.sync += [req.seq.eq(byte), phase.eq(_Rx.LEN0)]
                     with m.Case(_Rx.LEN0):
                         m.d.sync += [req.length[:8].eq(byte), phase.eq(_Rx.LEN1)]
                     with m.Case(_Rx.LEN1):
-                        m.d.sync += [req.length[8:].eq(byte), count.eq(0), addr.eq(0), rem.eq(0),
-                                     req.units.eq(0), req.arg.eq(0), args.eq(arg_bytes)]
-                        with m.If(length > self.max_payload + arg_bytes):
-                            m.d.sync += [req.error.eq(1), req.code.eq(ErrorCode.OVERFLOW),
-                                         self.req.valid.eq(1), phase.eq(_Rx.HOLD)]
-                        with m.Elif(length == 0):
-                            m.d.sync += phase.eq(_Rx.CRC0)
-                        with m.Else():
-                            m.d.sync += phase.eq(_Rx.PAYLOAD)
+                        m.d.sync += [req.length[8:].eq(byte), left.eq(Cat(req.length[:8], byte)),
+                                     addr.eq(0), lane.eq(1), rem.eq(0), unit_end.eq(unit == 1),
+                                     req.units.eq(0), req.arg.eq(0), args.eq(arg_bytes),
+                                     phase.eq(_Rx.LENGTH)]
                     with m.Case(_Rx.PAYLOAD):
-                        m.d.sync += count.eq(count + 1)
+                        m.d.sync += left.eq(left - 1)
                         with m.If(args != 0):
                             m.d.sync += [args.eq(args - 1),
                                          req.arg.eq(Cat(req.arg[8:], byte))]
                         with m.Else():
-                            m.d.comb += self.wr.en.eq(1)
-                            m.d.sync += [addr.eq(addr + 1), rem.eq(rem + 1)]
-                            with m.If(rem == self.unit - 1):
-                                m.d.sync += [rem.eq(0), req.units.eq(req.units + 1)]
-                        with m.If(count + 1 == req.length):
+                            m.d.comb += self.wr.en.eq(lane)
+                            m.d.sync += [lane.eq(lane.rotate_left(1)), rem.eq(rem + 1)]
+                            if unit >= 2:
+                                m.d.sync += unit_end.eq(rem == unit - 2)
+                            with m.If(lane[-1] | unit_end):
+                                m.d.sync += addr.eq(addr + 1)
+                            with m.If(unit_end):
+                                m.d.sync += [lane.eq(1), rem.eq(0), unit_end.eq(unit == 1),
+                                             req.units.eq(req.units + 1)]
+                        with m.If(left == 1):
                             m.d.sync += phase.eq(_Rx.CRC0)
                     with m.Case(_Rx.CRC0):
                         m.d.sync += [fcs[:8].eq(byte), phase.eq(_Rx.CRC1)]
                     with m.Case(_Rx.CRC1):
                         m.d.sync += [fcs[8:].eq(byte), phase.eq(_Rx.CHECK)]
+        with m.If(phase == _Rx.LENGTH):
+            with m.If(req.length > limit):
+                m.d.sync += [req.error.eq(1), req.code.eq(ErrorCode.OVERFLOW),
+                             self.req.valid.eq(1), phase.eq(_Rx.HOLD)]
+            with m.Elif(req.length == 0):
+                m.d.sync += phase.eq(_Rx.CRC0)
+            with m.Else():
+                m.d.sync += phase.eq(_Rx.PAYLOAD)
         with m.If(phase == _Rx.CHECK):
             # The CRC register has absorbed the last payload byte at least two cycles ago.
             m.d.sync += [req.error.eq(crc.crc != fcs), req.code.eq(ErrorCode.BAD_CRC),
@@ -184,15 +228,69 @@ class FrameRx(wiring.Component):
         return m
 
 
+class ByteSerializer(wiring.Component):
+    """Sends a word of up to ``size`` bytes, least significant byte first, as a byte stream.
+
+    The one byte-serialisation shape of the host link: the responder sends every part of a
+    response (header, IDENTIFY info, REPLAY summary, result records) and :class:`FrameTx` its
+    CRC through it. The word is loaded into a shift register, so each byte leaves a flip-flop
+    however many sources the word was selected from.
+
+    Parameters
+    ----------
+    size : int
+        The widest word in bytes.
+
+    Attributes
+    ----------
+    load : In(1)
+        Takes ``word``, ``count`` and ``last`` when ``idle`` (ignored otherwise).
+    word : In(8 * size)
+    count : In(range(size + 1))
+        Bytes of ``word`` to send, from the lowest; at least 1.
+    last : In(1)
+        Mark the final byte of the word with ``last``.
+    idle : Out(1)
+        Every byte of the previous word has been sent.
+    o : Out(stream.Signature(TxByteLayout))
+    """
+
+    def __init__(self, size):
+        self.size = size
+        super().__init__({
+            "load": In(1), "word": In(8 * size), "count": In(range(size + 1)), "last": In(1),
+            "idle": Out(1), "o": Out(stream.Signature(TxByteLayout)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shreg = Signal(8 * self.size)
+        left = Signal(range(self.size + 1))  # bytes left after the one on the output
+        final = Signal()
+        idle = Signal(init=1)
+        last = Signal()  # the output byte is the word's last
+        m.d.comb += [self.idle.eq(idle), self.o.valid.eq(~idle),
+                     self.o.payload.data.eq(shreg[:8]), self.o.payload.last.eq(final & last)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [shreg.eq(shreg >> 8), left.eq(left - 1), last.eq(left == 1),
+                         idle.eq(last)]
+        with m.If(self.load & idle):
+            m.d.sync += [shreg.eq(self.word), left.eq(self.count - 1), final.eq(self.last),
+                         idle.eq(0), last.eq(self.count == 1)]
+        return m
+
+
 class _Tx(enum.Enum, shape=2):
     IDLE = 0
     BODY = 1
-    CRC0 = 2
-    CRC1 = 3
+    CRC_LOAD = 2
+    CRC = 3
 
 
 class FrameTx(wiring.Component):
     """Frames a body byte stream: START, escaped body, escaped CRC computed on the fly.
+
+    The output is a register; an escaped byte's second half waits in another.
 
     Parameters
     ----------
@@ -216,49 +314,48 @@ class FrameTx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.crc = crc = CRC16_CCITT_FALSE(data_width=8).create()
+        m.submodules.fcs = fcs = ByteSerializer(2)
         phase = Signal(_Tx)
-        second = Signal()  # the ESCAPE of an escape pair has been sent
-        cur = Signal(8)
-        cur_valid = Signal()
-        need_escape = Signal()
+        pending = Signal()  # the second byte of an escape pair is due
+        second = Signal(8)
+        free = ~self.o.valid | self.o.ready  # the output register takes a byte
+        take = free & ~pending  # a new byte may be sent
 
-        with m.Switch(phase):
-            with m.Case(_Tx.IDLE):  # a frame starts when its first body byte is offered
-                m.d.comb += [cur.eq(START), cur_valid.eq(self.i.valid)]
-            with m.Case(_Tx.BODY):
-                m.d.comb += [cur.eq(self.i.payload.data), cur_valid.eq(self.i.valid)]
-            with m.Case(_Tx.CRC0):
-                m.d.comb += [cur.eq(crc.crc[:8]), cur_valid.eq(1)]
-            with m.Case(_Tx.CRC1):
-                m.d.comb += [cur.eq(crc.crc[8:]), cur_valid.eq(1)]
-        escapable = 0
-        for byte in sorted(self.escaped):
-            escapable |= cur == byte
-        m.d.comb += need_escape.eq((phase != _Tx.IDLE) & escapable)
+        def emit(byte):
+            escape = 0
+            for value in sorted(self.escaped):
+                escape |= byte == value
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.data.eq(Mux(escape, ESCAPE, byte)),
+                         pending.eq(escape), second.eq(byte ^ ESCAPE_XOR)]
 
-        sent = self.o.valid & self.o.ready
-        done = Signal()  # ``cur`` has been sent completely
         m.d.comb += [
-            self.o.valid.eq(cur_valid),
-            self.o.payload.data.eq(Mux(need_escape & ~second, ESCAPE,
-                                       Mux(need_escape, cur ^ ESCAPE_XOR, cur))),
-            done.eq(sent & (~need_escape | second)),
-            self.i.ready.eq((phase == _Tx.BODY) & done),
+            self.i.ready.eq(take & (phase == _Tx.BODY)),
             crc.data.eq(self.i.payload.data),
             crc.valid.eq(self.i.valid & self.i.ready),
+            fcs.word.eq(crc.crc), fcs.count.eq(2), fcs.last.eq(1),
+            fcs.o.ready.eq(take & (phase == _Tx.CRC)),
         ]
-        with m.If(sent):
-            m.d.sync += second.eq(need_escape & ~second)
-        with m.If(done):
-            with m.Switch(phase):
-                with m.Case(_Tx.IDLE):
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(free & pending):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.data.eq(second), pending.eq(0)]
+        with m.Switch(phase):
+            with m.Case(_Tx.IDLE):  # a frame starts when its first body byte is offered
+                with m.If(take & self.i.valid):
                     m.d.comb += crc.start.eq(1)
-                    m.d.sync += phase.eq(_Tx.BODY)
-                with m.Case(_Tx.BODY):
+                    m.d.sync += [self.o.valid.eq(1), self.o.payload.data.eq(START),
+                                 phase.eq(_Tx.BODY)]
+            with m.Case(_Tx.BODY):
+                with m.If(self.i.valid & self.i.ready):
+                    emit(self.i.payload.data)
                     with m.If(self.i.payload.last):
-                        m.d.sync += phase.eq(_Tx.CRC0)
-                with m.Case(_Tx.CRC0):
-                    m.d.sync += phase.eq(_Tx.CRC1)
-                with m.Case(_Tx.CRC1):
-                    m.d.sync += phase.eq(_Tx.IDLE)
+                        m.d.sync += phase.eq(_Tx.CRC_LOAD)
+            with m.Case(_Tx.CRC_LOAD):  # the CRC register has absorbed the last body byte
+                m.d.comb += fcs.load.eq(1)
+                m.d.sync += phase.eq(_Tx.CRC)
+            with m.Case(_Tx.CRC):
+                with m.If(fcs.o.valid & fcs.o.ready):
+                    emit(fcs.o.payload.data)
+                    with m.If(fcs.o.payload.last):
+                        m.d.sync += phase.eq(_Tx.IDLE)
         return m

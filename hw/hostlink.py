@@ -7,6 +7,11 @@ Pipeline (every arrow a stream connected with ``connect``)::
                               v                |  | core_out
                   Memory (2 banks) --read--> ImageReplay -> core_in
 
+The buffer's words are the core's input beats (``in_width`` bits, e.g. 32 image bits or three
+8-bit pixels): :class:`FrameRx` writes each received byte into its byte lane, and
+:class:`~.responder.ImageReplay` reads one whole beat per cycle, so REPLAY measures the core
+rather than the buffer whatever the beat width.
+
 :class:`FrameRx` buffers a whole request and checks its CRC and length before anything reaches
 the core, so a corrupted request is answered by an ERROR frame and never runs. The buffer has
 two banks: while one request is replayed and answered, the next one arrives in the other bank,
@@ -23,10 +28,9 @@ from amaranth.hdl import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
-from amaranth.utils import ceil_log2
 
 from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
-from .framing import FrameRx, FrameTx, Unescaper
+from .framing import FrameRx, FrameTx, Unescaper, bank_words
 from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
 from .uart import ByteLayout, UARTRx, UARTTx
 
@@ -54,6 +58,12 @@ def core_params(core: wiring.Component) -> dict:
             "score_bits": Shape.cast(scores.elem_shape).width}
 
 
+def _in_width(core: wiring.Component) -> int:
+    """Bits of ``data`` in a core's ``s_axis`` payload."""
+    layout = data.Layout.cast(core.s_axis.payload.shape())
+    return Shape.cast(layout["data"].shape).width
+
+
 def _design_id(design_id) -> bytes:
     if isinstance(design_id, str):
         design_id = bytes.fromhex(design_id)
@@ -69,7 +79,8 @@ class HostLink(wiring.Component):
     Parameters
     ----------
     n_inputs : int
-        Input bits per image; an image is ``ceil(n_inputs / 8)`` beats on ``core_in``.
+        Input bits per image (pixels count 8 bits each); an image is ``ceil(n_inputs / 8)``
+        bytes in a request.
     num_classes, cls_bits, score_bits : int
         Shape of the core's output (``score_bits <= 16``: scores travel as int16).
     design_id : bytes or str
@@ -81,19 +92,25 @@ class HostLink(wiring.Component):
         Bytes escaped on transmit (choose for the board's USB-serial bridge).
     clk_hz : int
         The clock frequency reported by IDENTIFY (0: unknown).
+    in_width : int
+        Bits per ``core_in`` beat, a multiple of 8: ``in_width / 8`` image bytes per beat,
+        the first in the low bits; an image's last beat is padded with zeros.
 
     Attributes
     ----------
     rx : In(stream.Signature(ByteLayout))
     tx : Out(stream.Signature(ByteLayout))
-    core_in : Out(stream.Signature(core_in_layout()))
+    core_in : Out(stream.Signature(core_in_layout(in_width)))
     core_out : In(stream.Signature(core_out_layout(...)))
     info : DeviceInfo
         What IDENTIFY reports.
     """
 
     def __init__(self, n_inputs, num_classes, cls_bits, score_bits, design_id, max_payload=1024,
-                 *, escaped=DEFAULT_ESCAPED, clk_hz=0):
+                 *, escaped=DEFAULT_ESCAPED, clk_hz=0, in_width=8):
+        if in_width < 8 or in_width % 8:
+            raise ValueError(f"in_width {in_width} must be a multiple of 8 (whole image bytes "
+                             f"per core input beat)")
         if not 1 <= score_bits <= 16:
             raise ValueError(f"score_bits {score_bits} must be in 1..16 (int16 on the wire)")
         if not 1 <= cls_bits <= 8 or num_classes > 1 << cls_bits:
@@ -109,10 +126,11 @@ class HostLink(wiring.Component):
         self.info = DeviceInfo(_design_id(design_id), n_inputs, num_classes, max_images,
                                max_images * image_size, int(clk_hz))
         self.cls_bits, self.score_bits, self.escaped = cls_bits, score_bits, escaped
+        self.in_width = in_width
         super().__init__({
             "rx": In(stream.Signature(ByteLayout)),
             "tx": Out(stream.Signature(ByteLayout)),
-            "core_in": Out(stream.Signature(core_in_layout())),
+            "core_in": Out(stream.Signature(core_in_layout(in_width))),
             "core_out": In(stream.Signature(core_out_layout(num_classes, cls_bits, score_bits))),
         })
 
@@ -120,10 +138,17 @@ class HostLink(wiring.Component):
         m = Module()
         info = self.info
         m.submodules.unescaper = unescaper = Unescaper()
-        m.submodules.frame_rx = frame_rx = FrameRx(info.max_payload, info.image_size)
-        depth = 2 << ceil_log2(info.max_payload)
-        m.submodules.buffer = buffer = Memory(shape=8, depth=depth, init=[])
-        m.submodules.replay = replay = ImageReplay(info.max_payload, info.image_size)
+        width = self.in_width
+        m.submodules.frame_rx = frame_rx = FrameRx(info.max_payload, info.image_size, width)
+        words = bank_words(info.max_payload, info.image_size, width)
+        # Initially zero: the lanes that pad each image's last beat are never written. A read
+        # never uses a word written in the same cycle (the bank being replayed is not written
+        # until its response is complete), so Yosys need not guard the block RAM's read data
+        # against a collision with a bypass multiplexer on that critical path.
+        m.submodules.buffer = buffer = Memory(shape=width, depth=2 * words, init=[],
+                                              attrs={"no_rw_check": 1})
+        m.submodules.replay = replay = ImageReplay(words, -(-info.image_size // (width // 8)),
+                                                   width)
         m.submodules.responder = responder = Responder(
             info, core_out_layout(info.num_classes, self.cls_bits, self.score_bits))
         m.submodules.meter = meter = ReplayMeter(8 * info.record_size)
@@ -131,12 +156,13 @@ class HostLink(wiring.Component):
 
         connect(m, flipped(self.rx), unescaper.i)
         connect(m, unescaper.o, frame_rx.i)
-        connect(m, frame_rx.wr, buffer.write_port())
+        connect(m, frame_rx.wr, buffer.write_port(granularity=8))
         connect(m, frame_rx.req, responder.req)
         connect(m, responder.replay, replay.ctl)
         connect(m, responder.meter, meter.bus)
         connect(m, replay.rd, buffer.read_port())
         connect(m, replay.o, flipped(self.core_in))
+        m.d.comb += meter.in_beat.eq(self.core_in.valid & self.core_in.ready)
         connect(m, flipped(self.core_out), responder.core_out)
         connect(m, responder.o, frame_tx.i)
         connect(m, frame_tx.o, flipped(self.tx))
@@ -149,16 +175,17 @@ class HostTop(wiring.Component):
     Parameters
     ----------
     core : wiring.Component
-        Has ``s_axis: In(stream.Signature(core_in_layout()))`` and ``m_axis:
-        Out(stream.Signature(core_out_layout(...)))``, e.g. a
-        :class:`~bnnflow.hw.core.BnnCore` with ``in_width=8``.
+        Has ``s_axis: In(stream.Signature(core_in_layout(in_width)))`` (``in_width`` a
+        multiple of 8) and ``m_axis: Out(stream.Signature(core_out_layout(...)))``, e.g. a
+        :class:`~bnnflow.hw.core.BnnCore`.
     design_id : bytes or str
         8 bytes (or 16 hex digits) reported by IDENTIFY.
     divisor : int or fractions.Fraction
         UART clock cycles per bit, ``clk_hz / baud`` (see
         :func:`bnnflow.hw.uart.baud_divisor`).
     n_inputs : int, optional
-        Input bits per image; defaults to ``core.n_inputs``, else ``core.net.input.size``.
+        Input bits per image (8 per pixel of an integer-input network); defaults to
+        ``core.n_inputs``, else ``core.net.input.size``.
     max_payload : int
         Request bank size in bytes (block RAM holds two banks).
     escaped : set of int
@@ -191,7 +218,8 @@ class HostTop(wiring.Component):
         self.core = core
         self.divisor = divisor
         self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,
-                             escaped=escaped, clk_hz=clk_hz, **core_params(core))
+                             escaped=escaped, clk_hz=clk_hz, in_width=_in_width(core),
+                             **core_params(core))
         super().__init__()
 
     @property

@@ -3,21 +3,26 @@
 :class:`Responder` takes one checked request from :class:`~bnnflow.hw.framing.FrameRx` and
 emits the body of one response frame (IDENTIFY info, ERROR, INFER records, or the REPLAY
 summary and records), built from the core's output beats as they arrive. For INFER and REPLAY
-it starts :class:`ImageReplay`, which streams the buffered images into the core while the
-responder drains the core's results, so a pipelined core never stalls on a full output. For
-REPLAY, :class:`ReplayMeter` counts cycles and folds every result into a CRC while the core's
-output is always ready; only then is the summary sent and one more pass streamed back.
+it starts :class:`ImageReplay`, which streams the buffered images into the core, one whole
+input beat per cycle, while the responder drains the core's results, so a pipelined core never
+stalls on a full output. For REPLAY, :class:`ReplayMeter` counts cycles and folds every result
+into a CRC while the core's output is always ready; only then is the summary sent and one more
+pass streamed back.
+
+Every comparison that decides what happens next is kept in a flip-flop ahead of time (the beat
+counters, the last image of a pass, the last result of a response), every response byte leaves
+the shift register of a :class:`~bnnflow.hw.framing.ByteSerializer`, and the REPLAY CRC's XOR
+tree is split by a register, so the host link runs well above the clock of any core it serves.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
-from amaranth.lib.crc.catalog import CRC32_ISO_HDLC
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..protocol import Command, DeviceInfo, ErrorCode, ReplaySummary
-from .framing import RequestLayout, TxByteLayout
+from .framing import ByteSerializer, RequestLayout, TxByteLayout
 
 __all__ = ["core_in_layout", "core_out_layout", "ReplaySignature", "ImageReplay",
            "MeterSignature", "ReplayMeter", "Responder"]
@@ -25,9 +30,9 @@ __all__ = ["core_in_layout", "core_out_layout", "ReplaySignature", "ImageReplay"
 CYCLE_BITS = 48  # 32 days at 100 MHz
 
 
-def core_in_layout() -> data.StructLayout:
-    """Payload of the core's input stream: one byte of a packed image per beat."""
-    return data.StructLayout({"data": 8, "last": 1})
+def core_in_layout(width: int = 8) -> data.StructLayout:
+    """Payload of the core's input stream: ``width`` bits (whole bytes) of an image per beat."""
+    return data.StructLayout({"data": width, "last": 1})
 
 
 def core_out_layout(num_classes: int, cls_bits: int, score_bits: int) -> data.StructLayout:
@@ -40,87 +45,170 @@ def core_out_layout(num_classes: int, cls_bits: int, score_bits: int) -> data.St
 
 
 #: Control of an :class:`ImageReplay`: a one-cycle ``start`` with the image ``count``, the
-#: passes over them (``repeats``) and the buffer ``bank``; ``busy`` until the last byte has been
-#: accepted by the core; ``beat`` pulses with each byte the core accepts.
+#: passes over them (``repeats``) and the buffer ``bank`` (ignored while ``busy``); ``busy``
+#: until the last beat has been accepted downstream.
 ReplaySignature = wiring.Signature({
-    "start": Out(1), "count": Out(8), "repeats": Out(16), "bank": Out(1),
-    "busy": In(1), "beat": In(1),
+    "start": Out(1), "count": Out(8), "repeats": Out(16), "bank": Out(1), "busy": In(1),
 })
 
 
 class ImageReplay(wiring.Component):
-    """Streams ``count`` images of ``image_size`` bytes from a buffer bank into the core,
+    """Streams ``count`` images of ``image_beats`` words from a buffer bank into the core,
     ``repeats`` times back to back.
 
-    The buffer's synchronous read port is addressed one byte ahead on each transfer, so the
-    output payload is the read data itself and holds while the core stalls.
+    The buffer holds each image as whole core input beats (see
+    :class:`~bnnflow.hw.framing.FrameRx`), so a word read is a beat sent: one per cycle while
+    the core takes them, whatever the beat width. The block RAM's read data goes straight into
+    the output register (a block RAM's clock-to-output time is most of a cycle at the host
+    link's clock, so nothing else may be on that path): a read is issued whenever the output
+    register will have room for its word, and a word the output cannot take yet is held by
+    reading its address again (a read enable would be emulated by Yosys with a multiplexer on
+    that path).
 
     Parameters
     ----------
-    bank_size : int
-        Bytes per bank; the top read address bit selects the bank.
-    image_size : int
-        Bytes per image; ``last`` marks each image's final byte.
+    bank_words : int
+        Words per bank, a power of two; the top read address bit selects the bank.
+    image_beats : int
+        Words per image; ``last`` marks each image's final word.
+    width : int
+        Bits per word and per output beat.
 
     Attributes
     ----------
     ctl : In(ReplaySignature)
-    rd : In(ReadPort.Signature(addr_width=ceil_log2(bank_size) + 1, shape=8))
-    o : Out(stream.Signature(core_in_layout()))
+    rd : In(ReadPort.Signature(addr_width=ceil_log2(bank_words) + 1, shape=width))
+    o : Out(stream.Signature(core_in_layout(width)))
     """
 
-    def __init__(self, bank_size, image_size):
-        self.image_size = image_size
+    def __init__(self, bank_words, image_beats, width=8):
+        self.image_beats = image_beats
         super().__init__({
             "ctl": In(ReplaySignature),
-            "rd": In(ReadPort.Signature(addr_width=ceil_log2(bank_size) + 1, shape=8)),
-            "o": Out(stream.Signature(core_in_layout())),
+            "rd": In(ReadPort.Signature(addr_width=ceil_log2(bank_words) + 1, shape=width)),
+            "o": Out(stream.Signature(core_in_layout(width))),
         })
 
     def elaborate(self, platform):
         m = Module()
+        size = self.image_beats
+        reading = Signal()  # words are left to read
         ptr = Signal(len(self.rd.addr) - 1)
         bank = Signal()
-        offset = Signal(range(self.image_size))
+        offset = Signal(range(size))
         count = Signal(8)
         left = Signal(8)
         passes = Signal(16)
-        last_byte = offset == self.image_size - 1
-        end_of_pass = last_byte & (left == 1)
-        transfer = self.o.valid & self.o.ready
-        starting = self.ctl.start & ~self.o.valid
+        # Flags kept ahead of the counters: the word is an image's last, the image a pass's
+        # last, the pass the final one.
+        last_word = Signal(init=size == 1)
+        last_image = Signal()
+        last_pass = Signal()
+        end_of_pass = last_word & last_image
+        fetched = Signal()  # the read port shows a word not yet taken
+        fetched_last = Signal()
+        data = Signal(len(self.rd.data), reset_less=True)
+        take = fetched & (~self.o.valid | self.o.ready)
+        issue = reading & (~fetched | take)
+        busy = reading | fetched | self.o.valid
+        starting = self.ctl.start & ~busy
 
-        # While idle the read port shows byte 0 of the bank, ready for the next start.
-        next_ptr = Signal.like(ptr)
+        fetched_addr = Signal.like(self.rd.addr)
         m.d.comb += [
-            next_ptr.eq(Mux(transfer, Mux(end_of_pass, 0, ptr + 1), ptr)),
-            self.rd.addr.eq(Cat(next_ptr, Mux(starting, self.ctl.bank, bank))),
-            self.o.payload.data.eq(self.rd.data),
-            self.o.payload.last.eq(last_byte),
-            self.ctl.busy.eq(self.o.valid),
-            self.ctl.beat.eq(transfer),
+            self.rd.addr.eq(Mux(issue, Cat(ptr, bank), fetched_addr)),
+            self.o.payload.data.eq(data),
+            self.ctl.busy.eq(busy),
         ]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(take):
+            m.d.sync += [data.eq(self.rd.data), self.o.payload.last.eq(fetched_last),
+                         self.o.valid.eq(1)]
+        m.d.sync += fetched.eq(issue | (fetched & ~take))
         with m.If(starting):
-            m.d.sync += [self.o.valid.eq((self.ctl.count != 0) & (self.ctl.repeats != 0)),
+            m.d.sync += [reading.eq((self.ctl.count != 0) & (self.ctl.repeats != 0)),
                          count.eq(self.ctl.count), left.eq(self.ctl.count),
-                         passes.eq(self.ctl.repeats), bank.eq(self.ctl.bank), ptr.eq(0),
-                         offset.eq(0)]
-        with m.If(transfer):
-            m.d.sync += [ptr.eq(ptr + 1), offset.eq(offset + 1)]
-            with m.If(last_byte):
-                m.d.sync += [offset.eq(0), left.eq(left - 1)]
+                         last_image.eq(self.ctl.count == 1), passes.eq(self.ctl.repeats),
+                         last_pass.eq(self.ctl.repeats == 1), bank.eq(self.ctl.bank),
+                         ptr.eq(0), offset.eq(0), last_word.eq(size == 1)]
+        with m.If(issue):
+            m.d.sync += [ptr.eq(ptr + 1), offset.eq(offset + 1), fetched_last.eq(last_word),
+                         fetched_addr.eq(Cat(ptr, bank))]
+            if size >= 2:
+                m.d.sync += last_word.eq(offset == size - 2)
+            with m.If(last_word):
+                m.d.sync += [offset.eq(0), last_word.eq(size == 1), left.eq(left - 1),
+                             last_image.eq(left == 2)]
             with m.If(end_of_pass):
-                m.d.sync += [ptr.eq(0), left.eq(count), passes.eq(passes - 1)]
-                with m.If(passes == 1):
-                    m.d.sync += self.o.valid.eq(0)
+                m.d.sync += [ptr.eq(0), left.eq(count), last_image.eq(count == 1),
+                             passes.eq(passes - 1), last_pass.eq(passes == 2)]
+                with m.If(last_pass):
+                    m.d.sync += reading.eq(0)
         return m
+
+
+class _WordCrc32(wiring.Component):
+    """CRC-32/ISO-HDLC (zlib's) over one ``width``-bit word per cycle, least significant bit
+    first, in two pipeline stages.
+
+    The next CRC register is ``A(crc) ^ B(word)`` over GF(2). ``B(word)``, an XOR of up to
+    ``width`` bits per CRC bit, has no feedback, so its first levels are registered as partial
+    XORs of at most :attr:`CHUNK` bits; the loop through the CRC register then XORs only those
+    partials and the register's own taps. ``crc`` includes a word ``valid`` two cycles after
+    it was given; ``start`` (re)initialises the register.
+    """
+
+    #: Word bits per registered partial XOR: two LUT4 levels.
+    CHUNK = 16
+    POLY = 0xEDB88320  # reflected
+
+    def __init__(self, width):
+        self.width = width
+        super().__init__({"start": In(1), "valid": In(1), "word": In(width), "crc": Out(32)})
+
+    def _taps(self, state, word):
+        """The CRC register after one word from ``state``, bit by bit (a linear map)."""
+        for i in range(self.width):
+            state = (state >> 1) ^ (self.POLY if (state ^ (word >> i)) & 1 else 0)
+        return state
+
+    def elaborate(self, platform):
+        m = Module()
+        a = [self._taps(1 << i, 0) for i in range(32)]
+        b = [self._taps(0, 1 << i) for i in range(self.width)]
+        reg = Signal(32, init=0xFFFFFFFF)
+        partials = []  # per CRC bit, the registered XORs of chunks of its word taps
+        for j in range(32):
+            taps = [i for i in range(self.width) if b[i] >> j & 1]
+            chunks = [taps[k:k + self.CHUNK] for k in range(0, len(taps), self.CHUNK)]
+            part = Signal(len(chunks), name=f"part{j}")
+            m.d.sync += part.eq(Cat(_xor(self.word[i] for i in c) for c in chunks))
+            partials.append(part)
+        pending = Signal()  # the partials hold a word
+        m.d.sync += pending.eq(self.valid & ~self.start)
+        with m.If(pending):
+            m.d.sync += reg.eq(Cat(_xor([reg[i] for i in range(32) if a[i] >> j & 1]
+                                        + [partials[j][k] for k in range(len(partials[j]))])
+                                   for j in range(32)))
+        with m.If(self.start):
+            m.d.sync += reg.eq(0xFFFFFFFF)
+        m.d.comb += self.crc.eq(~reg)
+        return m
+
+
+def _xor(bits):
+    """The XOR of ``bits`` (a constant 0 for none)."""
+    out = Const(0, 1)
+    for bit in bits:
+        out = out ^ bit
+    return out
 
 
 def MeterSignature(record_bits: int) -> wiring.Signature:  # noqa: N802 (a signature factory)
     """Ports of a :class:`ReplayMeter` from the controller's side."""
     return wiring.Signature({
         "clear": Out(1), "units": Out(8), "repeats": Out(16),
-        "in_beat": Out(1), "out_beat": Out(1), "record": Out(record_bits),
+        "out_beat": Out(1), "record": Out(record_bits),
         "done": In(1), "summary": In(8 * ReplaySummary.SIZE),
     })
 
@@ -128,9 +216,13 @@ def MeterSignature(record_bits: int) -> wiring.Signature:  # noqa: N802 (a signa
 class ReplayMeter(wiring.Component):
     """Cycle counter, result counter and CRC-32 of a REPLAY run.
 
-    After ``clear``, counting starts with the first ``in_beat`` (an image byte entering the
-    core) and stops with the ``units * repeats``-th ``out_beat`` (a result leaving it), which
-    raises ``done``. ``summary`` is the packed :class:`~bnnflow.protocol.ReplaySummary`.
+    After ``clear``, counting starts with the first ``in_beat`` (a beat entering the core) and
+    stops with the ``units * repeats``-th ``out_beat`` (a result leaving it), which raises
+    ``done``. ``summary`` is the packed :class:`~bnnflow.protocol.ReplaySummary`. ``clear``,
+    both beats and the record are registered before they act, and the CRC takes two pipeline
+    stages, which delay ``done`` by two cycles but not the counts; ``units`` and
+    ``repeats`` are read at the first ``in_beat``, which must come at least a cycle after
+    ``clear``.
 
     Parameters
     ----------
@@ -141,43 +233,56 @@ class ReplayMeter(wiring.Component):
     Attributes
     ----------
     bus : In(MeterSignature(record_bits))
+    in_beat : In(1)
     """
 
     def __init__(self, record_bits):
-        super().__init__({"bus": In(MeterSignature(record_bits))})
+        super().__init__({"bus": In(MeterSignature(record_bits)), "in_beat": In(1)})
 
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
-        m.submodules.crc = crc = CRC32_ISO_HDLC(data_width=len(bus.record)).create()
+        m.submodules.crc = crc = _WordCrc32(len(bus.record))
+        clear, in_beat, out_beat = Signal(), Signal(), Signal()
+        record = Signal.like(bus.record)
+        m.d.sync += [clear.eq(bus.clear), in_beat.eq(self.in_beat), out_beat.eq(bus.out_beat),
+                     record.eq(bus.record)]
         running = Signal()
         started = Signal()
+        first = Signal()  # no result counted yet
         elapsed = Signal(CYCLE_BITS)
         latency = Signal(32)
         frames = Signal(32)
-        in_pass = Signal(8)
-        passes = Signal(16)
-        last = (in_pass + 1 == bus.units) & (passes + 1 == bus.repeats)
-        counted = bus.out_beat & running
+        units, in_pass = Signal(8), Signal(8)  # results per pass, and left in this one
+        passes = Signal(16)  # passes left after this one
+        last_in_pass, last_pass = Signal(), Signal()
+        counted = out_beat & running
+        finished = Signal()  # the last record is counted
 
-        m.d.comb += [crc.start.eq(bus.clear), crc.data.eq(bus.record), crc.valid.eq(counted),
+        m.d.comb += [crc.start.eq(clear), crc.word.eq(record), crc.valid.eq(counted),
                      bus.summary.eq(Cat(elapsed, Const(0, 64 - CYCLE_BITS), latency, frames,
                                         crc.crc))]
         with m.If(running):
             m.d.sync += elapsed.eq(elapsed + 1)
-        with m.If(bus.in_beat & ~started):
-            m.d.sync += [started.eq(1), running.eq(1), elapsed.eq(1)]
+        with m.If(in_beat & ~started):
+            m.d.sync += [started.eq(1), running.eq(1), elapsed.eq(1), first.eq(1),
+                         units.eq(bus.units), in_pass.eq(bus.units),
+                         last_in_pass.eq(bus.units == 1), passes.eq(bus.repeats - 1),
+                         last_pass.eq(bus.repeats == 1)]
         with m.If(counted):
-            m.d.sync += [frames.eq(frames + 1), in_pass.eq(in_pass + 1)]
-            with m.If(frames == 0):
+            m.d.sync += [frames.eq(frames + 1), first.eq(0), in_pass.eq(in_pass - 1),
+                         last_in_pass.eq(in_pass == 2)]
+            with m.If(first):
                 m.d.sync += latency.eq(elapsed + 1)
-            with m.If(in_pass + 1 == bus.units):
-                m.d.sync += [in_pass.eq(0), passes.eq(passes + 1)]
-            with m.If(last):
-                m.d.sync += [running.eq(0), bus.done.eq(1)]
-        with m.If(bus.clear):
+            with m.If(last_in_pass):
+                m.d.sync += [in_pass.eq(units), last_in_pass.eq(units == 1),
+                             passes.eq(passes - 1), last_pass.eq(passes == 1)]
+                with m.If(last_pass):
+                    m.d.sync += [running.eq(0), finished.eq(1)]
+        m.d.sync += bus.done.eq(finished)  # the CRC has taken in the last record
+        with m.If(clear):
             m.d.sync += [running.eq(0), started.eq(0), elapsed.eq(0), latency.eq(0),
-                         frames.eq(0), in_pass.eq(0), passes.eq(0), bus.done.eq(0)]
+                         frames.eq(0), finished.eq(0), bus.done.eq(0)]
         return m
 
 
@@ -190,6 +295,11 @@ class _Mode(enum.Enum, shape=2):
 
 class Responder(wiring.Component):
     """Executes one request and emits the body (``cmd`` .. payload) of its response frame.
+
+    The response goes out in parts through a :class:`~bnnflow.hw.framing.ByteSerializer`:
+    the header (with the IDENTIFY info or the ERROR payload), REPLAY's summary once the
+    measured passes are done, then one result record per core output beat. A record is taken
+    from the core as soon as the previous one has been sent, whatever the transmit side does.
 
     Parameters
     ----------
@@ -219,8 +329,8 @@ class Responder(wiring.Component):
             "o": Out(stream.Signature(TxByteLayout)),
         })
 
-    def _record_bytes(self, m):
-        """The bytes of the INFER record of the current core output beat."""
+    def _record(self, m):
+        """The INFER record of the current core output beat, as the wire has it."""
         beat = self.core_out.payload
         cls = Signal(8)
         m.d.comb += cls.eq(beat.cls)
@@ -228,16 +338,8 @@ class Responder(wiring.Component):
         for c in range(self.info.num_classes):
             score = Signal(data.signed(16), name=f"score{c}")
             m.d.comb += score.eq(beat.scores[c])  # sign-extends to int16
-            out += [score[:8], score[8:]]
-        return out
-
-    def _start(self, m, mode, new, run, valid, repeats):
-        """Enter ``run`` and replay the images of request ``new`` if ``valid``; else answer
-        BAD_LENGTH."""
-        m.d.sync += mode.eq(Mux(valid, run, _Mode.ERROR))
-        with m.If(valid):
-            m.d.comb += [self.replay.start.eq(1), self.replay.count.eq(new.units),
-                         self.replay.repeats.eq(repeats), self.replay.bank.eq(new.bank)]
+            out.append(score)
+        return Cat(*out)
 
     def elaborate(self, platform):
         m = Module()
@@ -246,82 +348,101 @@ class Responder(wiring.Component):
         req = Signal(RequestLayout)  # latched, so FrameRx may take the next request early
         mode = Signal(_Mode)
         code = Signal(ErrorCode, init=ErrorCode.BAD_CRC)
-        head = 4 + ReplaySummary.SIZE  # header and summary bytes before REPLAY's records
-        pos = Signal(range(max(head, 4 + DeviceInfo.SIZE) + 1))
-        rec_byte = Signal(range(info.record_size))
-        rec_count = Signal(8)
-        final = Signal()  # REPLAY's unmeasured pass has been started
+        resp_len = Signal(16)
+        kick = Signal()  # start the replay (a flip-flop: ImageReplay's loads fan out wide)
+        repeats = Signal(16)
+        m.d.comb += [self.replay.start.eq(kick), self.replay.count.eq(req.units),
+                     self.replay.repeats.eq(repeats), self.replay.bank.eq(req.bank)]
+        m.d.sync += kick.eq(0)
+        records = Signal(8)  # records still to send
+        last_record = Signal()  # the next record is the response's last
+        size = max(4 + DeviceInfo.SIZE, ReplaySummary.SIZE, info.record_size)
+        m.submodules.serializer = ser = ByteSerializer(size)
+        wiring.connect(m, ser.o, wiring.flipped(self.o))
 
-        records = self._record_bytes(m)
-        m.d.comb += [self.meter.record.eq(Cat(*records)), self.meter.units.eq(req.units),
-                     self.meter.repeats.eq(req.arg), self.meter.in_beat.eq(self.replay.beat)]
+        record = self._record(m)
+        m.d.comb += [self.meter.record.eq(record), self.meter.units.eq(req.units),
+                     self.meter.repeats.eq(req.arg)]
         measuring = (mode == _Mode.REPLAY) & ~self.meter.done
         with m.If(measuring):  # AXI4-Stream sink always ready while the cycles are counted
             m.d.comb += [self.core_out.ready.eq(1),
                          self.meter.out_beat.eq(self.core_out.valid)]
 
-        rec_bytes = req.units * info.record_size
-        resp_len = Signal(16)
-        m.d.comb += resp_len.eq(Array([DeviceInfo.SIZE, 2, rec_bytes,
-                                       rec_bytes + ReplaySummary.SIZE])[mode.as_value()])
-        resp_cmd = Mux(mode == _Mode.ERROR, Command.ERROR, req.cmd.as_value())
-        header = Array([resp_cmd, req.seq, resp_len[:8], resp_len[8:16]])
-        ident = Array(Const(b, 8) for b in info.pack())
-        summary = Array(self.meter.summary.word_select(i, 8) for i in range(ReplaySummary.SIZE))
-        at = Signal(range(max(DeviceInfo.SIZE, ReplaySummary.SIZE)))
-        m.d.comb += at.eq(pos - 4)
-        rec_last = rec_byte == info.record_size - 1
-        in_records = (pos >= 4) & (mode == _Mode.INFER) | (pos >= head) & (mode == _Mode.REPLAY)
+        # The response length: units * record_size (+ the summary) by shifts and a pipelined
+        # tree of adds, one level per cycle while the FSM waits in LENGTH.
+        terms = [req.units << i for i in range(info.record_size.bit_length())
+                 if info.record_size >> i & 1]
+        terms.append(Mux(mode == _Mode.REPLAY, ReplaySummary.SIZE, 0))
+        levels = 0
+        while len(terms) > 1:
+            sums = []
+            for k in range(0, len(terms), 2):
+                total = Signal(16, name=f"len_sum{levels}_{k // 2}")
+                m.d.sync += total.eq(sum(terms[k:k + 2]))
+                sums.append(total)
+            terms, levels = sums, levels + 1
+        wait = Signal(range(levels + 1))
+        header = Cat(Mux(mode == _Mode.ERROR, Command.ERROR, req.cmd.as_value()), req.seq,
+                     resp_len)
+        ident = Const(int.from_bytes(info.pack(), "little"), 8 * DeviceInfo.SIZE)
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(1)
                 with m.If(self.req.valid):
-                    m.d.sync += [pos.eq(0), rec_byte.eq(0), rec_count.eq(0), req.eq(new),
-                                 final.eq(0), code.eq(ErrorCode.BAD_LENGTH)]
-                    m.next = "SEND"
+                    m.d.sync += [req.eq(new), code.eq(ErrorCode.BAD_LENGTH), wait.eq(levels)]
+                    m.next = "LENGTH"
                     images = new.aligned & (new.units != 0)
                     with m.If(new.error):
                         m.d.sync += [mode.eq(_Mode.ERROR), code.eq(new.code)]
                     with m.Elif(new.cmd == Command.IDENTIFY):
                         m.d.sync += mode.eq(Mux(new.length == 0, _Mode.IDENTIFY, _Mode.ERROR))
                     with m.Elif(new.cmd == Command.INFER):
-                        self._start(m, mode, new, _Mode.INFER, images, 1)
+                        m.d.sync += mode.eq(Mux(images, _Mode.INFER, _Mode.ERROR))
                     with m.Elif(new.cmd == Command.REPLAY):
                         m.d.comb += self.meter.clear.eq(1)
-                        self._start(m, mode, new, _Mode.REPLAY, images & (new.arg != 0),
-                                    new.arg)
+                        m.d.sync += mode.eq(Mux(images & (new.arg != 0), _Mode.REPLAY,
+                                                _Mode.ERROR))
                     with m.Else():
                         m.d.sync += [mode.eq(_Mode.ERROR), code.eq(ErrorCode.UNKNOWN_COMMAND)]
-            with m.State("SEND"):
-                body = self.o.payload
-                with m.If(pos < 4):
-                    m.d.comb += [self.o.valid.eq(1), body.data.eq(header[pos[:2]])]
-                with m.Elif(mode == _Mode.IDENTIFY):
-                    m.d.comb += [self.o.valid.eq(1), body.data.eq(ident[at]),
-                                 body.last.eq(pos == 3 + DeviceInfo.SIZE)]
-                with m.Elif(mode == _Mode.ERROR):
-                    m.d.comb += [self.o.valid.eq(1),
-                                 body.data.eq(Mux(pos == 4, code.as_value(), req.cmd.as_value())),
-                                 body.last.eq(pos == 5)]
-                with m.Elif(~in_records):  # REPLAY's summary, once the measured passes are done
-                    m.d.comb += [self.o.valid.eq(self.meter.done), body.data.eq(summary[at])]
-                with m.Else():
-                    m.d.comb += [self.o.valid.eq(self.core_out.valid),
-                                 body.data.eq(Array(records)[rec_byte]),
-                                 body.last.eq(rec_last & (rec_count + 1 == req.units)),
-                                 self.core_out.ready.eq(self.o.ready & rec_last)]
-                with m.If((mode == _Mode.REPLAY) & self.meter.done & ~final):
-                    m.d.comb += [self.replay.start.eq(1), self.replay.count.eq(req.units),
-                                 self.replay.repeats.eq(1), self.replay.bank.eq(req.bank)]
-                    m.d.sync += final.eq(1)
-                with m.If(self.o.valid & self.o.ready):
-                    with m.If(~in_records):
-                        m.d.sync += pos.eq(pos + 1)
-                    with m.Else():
-                        m.d.sync += rec_byte.eq(Mux(rec_last, 0, rec_byte + 1))
-                        with m.If(rec_last):
-                            m.d.sync += rec_count.eq(rec_count + 1)
-                    with m.If(body.last):
-                        m.next = "IDLE"
+            with m.State("LENGTH"):  # then the images go into the core
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    m.d.sync += [kick.eq((mode == _Mode.INFER) | (mode == _Mode.REPLAY)),
+                                 repeats.eq(Mux(mode == _Mode.REPLAY, req.arg, 1)),
+                                 resp_len.eq(Mux(mode == _Mode.IDENTIFY, DeviceInfo.SIZE,
+                                                 Mux(mode == _Mode.ERROR, 2, terms[0]))),
+                                 records.eq(req.units), last_record.eq(req.units == 1)]
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += [ser.load.eq(1),
+                             ser.word.eq(Cat(header, Mux(mode == _Mode.IDENTIFY, ident,
+                                                         Cat(code.as_value(),
+                                                             req.cmd.as_value())))),
+                             ser.count.eq(Mux(mode == _Mode.IDENTIFY, 4 + DeviceInfo.SIZE,
+                                              Mux(mode == _Mode.ERROR, 6, 4))),
+                             ser.last.eq((mode == _Mode.IDENTIFY) | (mode == _Mode.ERROR))]
+                with m.If(ser.idle):
+                    with m.Switch(mode):
+                        with m.Case(_Mode.IDENTIFY, _Mode.ERROR):
+                            m.next = "IDLE"
+                        with m.Case(_Mode.INFER):
+                            m.next = "RECORDS"
+                        with m.Case(_Mode.REPLAY):
+                            m.next = "SUMMARY"
+            with m.State("SUMMARY"):  # once the measured passes are done; then one more pass
+                m.d.comb += [ser.word.eq(self.meter.summary), ser.count.eq(ReplaySummary.SIZE)]
+                with m.If(ser.idle & self.meter.done):
+                    m.d.comb += ser.load.eq(1)
+                    m.d.sync += [kick.eq(1), repeats.eq(1)]
+                    m.next = "RECORDS"
+            with m.State("RECORDS"):
+                m.d.comb += [ser.word.eq(record), ser.count.eq(info.record_size),
+                             ser.last.eq(last_record)]
+                with m.If(ser.idle):
+                    m.d.comb += [self.core_out.ready.eq(1), ser.load.eq(self.core_out.valid)]
+                    with m.If(self.core_out.valid):
+                        m.d.sync += [records.eq(records - 1), last_record.eq(records == 2)]
+                        with m.If(last_record):
+                            m.next = "IDLE"
         return m

@@ -29,7 +29,7 @@ clock         integer divisors            fractional divisors
 
 from fractions import Fraction
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
@@ -85,10 +85,13 @@ def _bit_timer(m, divisor: Fraction, run):
     cycles."""
     p, q = divisor.numerator, divisor.denominator
     phase = Signal(range(p + q))
+    # One adder, its sign the tick: ``phase + q - p`` is the next phase after a tick, and
+    # ``phase + q`` (the other candidate, from a parallel adder) the next one otherwise.
+    wrapped = Signal(signed(len(phase) + 1))
     tick = Signal()
-    m.d.comb += tick.eq(run & (phase + q >= p))
+    m.d.comb += [wrapped.eq(phase + (q - p)), tick.eq(run & ~wrapped[-1])]
     with m.If(run):
-        m.d.sync += phase.eq(phase + q - (tick * p))
+        m.d.sync += phase.eq(Mux(wrapped[-1], phase + q, wrapped))
     return phase, tick
 
 
@@ -182,6 +185,9 @@ class UARTRx(wiring.Component):
 class UARTTx(wiring.Component):
     """UART transmitter, 8N1.
 
+    A byte waits in a holding register while the previous one is sent, so ``i.ready``
+    depends on that register only and bytes still leave back to back.
+
     Parameters
     ----------
     divisor : int or fractions.Fraction
@@ -190,7 +196,7 @@ class UARTTx(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(ByteLayout))
-        Bytes to send; one is accepted when the transmitter is idle or its stop bit ends.
+        Bytes to send; one is accepted whenever the holding register is empty.
     tx : Out(1)
         The serial line, idle high.
     """
@@ -207,13 +213,17 @@ class UARTTx(wiring.Component):
         shreg = Signal(10, init=0x3FF)  # stop bit, 8 data bits LSB first, start bit
         bits = Signal(range(11))  # bits left to send, 0 when idle
         phase, tick = _bit_timer(m, self.divisor, bits != 0)
+        held = Signal(8)
+        full = Signal()  # ``held`` waits to be sent
+        load = full & ((bits == 0) | ((bits == 1) & tick))
 
-        m.d.comb += [self.tx.eq(shreg[0]),
-                     self.i.ready.eq((bits == 0) | ((bits == 1) & tick))]
+        m.d.comb += [self.tx.eq(shreg[0]), self.i.ready.eq(~full)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [held.eq(self.i.payload.data), full.eq(1)]
         with m.If(tick):
             m.d.sync += [shreg.eq((shreg >> 1) | (1 << 9)), bits.eq(bits - 1)]
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [shreg.eq(Cat(0, self.i.payload.data, 1)), bits.eq(10)]
+        with m.If(load):
+            m.d.sync += [shreg.eq(Cat(0, held, 1)), bits.eq(10), full.eq(0)]
             with m.If(bits == 0):  # back to back, the phase carries on to keep the rate exact
                 m.d.sync += phase.eq(0)
         return m

@@ -154,8 +154,8 @@ def benchmark(acc, images, repeats: int = 100, *, bits: bool | None = None,
     ----------
     acc : bnnflow.driver.Accelerator
     images : array_like
-        Pixels or bits (see :meth:`~bnnflow.driver.Accelerator.to_bits`); REPLAY runs the first
-        ``info.max_images`` of them.
+        Pixels or bits (see :meth:`~bnnflow.driver.Accelerator.to_inputs`); REPLAY runs the
+        first ``info.max_images`` of them.
     repeats : int
         REPLAY repetitions (1..65535).
     link_images : int, optional
@@ -170,17 +170,19 @@ def benchmark(acc, images, repeats: int = 100, *, bits: bool | None = None,
     BenchResult
     """
     info = acc.info
-    x = acc.to_bits(images, bits)
+    x = acc.to_inputs(images, bits)
+    binary = not acc.takes_pixels
+    as_is = True if binary else None  # ``x`` is what the device takes: bits, or pixels
     clk_hz = clk_hz or info.clk_hz
     if not clk_hz:
         raise ValueError("the device does not report its clock: pass clk_hz=")
     replayed = x[:info.max_images]
-    summary, classes, scores = acc.replay(replayed, repeats, bits=True, wait=wait)
+    summary, classes, scores = acc.replay(replayed, repeats, bits=as_is, wait=wait)
     net = acc.net
     if net is not None:
         from .reference import run
 
-        want = run(net, replayed, bits=True)
+        want = run(net, replayed, bits=binary)
         expected, against = results_crc(want.classes, want.scores, repeats), "reference"
         mismatches = int(np.sum((classes != want.classes) | (scores != want.scores).any(1)))
     else:
@@ -194,11 +196,11 @@ def benchmark(acc, images, repeats: int = 100, *, bits: bool | None = None,
         counters()  # opens the window
     before = (acc.stats.bytes_out, acc.stats.bytes_in)
     began = time.perf_counter()
-    link_classes, link_scores = acc.predict(link_x, bits=True)
+    link_classes, link_scores = acc.predict(link_x, bits=as_is)
     seconds = time.perf_counter() - began
     window = counters() if counters is not None else None
     if net is not None:
-        want = run(net, link_x, bits=True)
+        want = run(net, link_x, bits=binary)
         mismatches += int(np.sum((link_classes != want.classes)
                                  | (link_scores != want.scores).any(1)))
     baud = transport.baud

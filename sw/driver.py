@@ -5,6 +5,10 @@ and the simulated design (:class:`bnnflow.sim.transport.SimTransport`, the gener
 under Verilator), so simulation tests exercise the real driver. Only the protocol, the build
 manifest and numpy are imported here; never the generators.
 
+Images go out as the build's network takes them: input bits, packed eight to a byte, for a
+binary-input network; one byte per pixel, in :func:`bnnflow.packing.frame_pixels` order, for an
+integer-input one (e.g. a conv network on 8-bit pixels), which needs the build folder.
+
 Requests are pipelined: up to ``window`` (default 2) are outstanding, which is what the
 gateware's two buffer banks take, so the link's transmit line stays busy. Every attempt gets a
 fresh sequence number and responses come in order, so a lost, corrupted or late response is
@@ -47,6 +51,7 @@ from .protocol import (
     ReplaySummary,
     encode_frame,
     pack_images,
+    pack_pixels,
     pack_replay,
     unpack_results,
 )
@@ -124,7 +129,8 @@ class Accelerator:
         The design ID of the build (8 bytes or 16 hex digits); a device reporting another one
         is refused with :class:`DesignMismatch`.
     build : str or os.PathLike, optional
-        The build folder: its network turns pixels into input bits and gives the reference
+        The build folder: its network says whether the device takes input bits or pixels,
+        turns pixels into input bits for a binary-input network, and gives the reference
         results :meth:`benchmark` checks against.
     timeout : float
         Seconds to wait for a response, on top of the time its bytes take on the link.
@@ -260,6 +266,43 @@ class Accelerator:
                              "open the accelerator with build=")
         return x.astype(np.uint8)
 
+    @property
+    def takes_pixels(self) -> bool:
+        """The device takes pixels (the build's network has an integer input), not bits."""
+        net = self.net
+        return net is not None and not net.input.binary
+
+    def to_inputs(self, images, bits: bool | None = None) -> np.ndarray:
+        """What the device takes for ``images``: input bits ``(N, n)`` (:meth:`to_bits`), or,
+        when :attr:`takes_pixels`, integer pixels ``(N, size)`` in the network's flat order
+        (pixels or floats in the model's input domain, see :func:`bnnflow.inputs.to_pixels`).
+        """
+        if not self.takes_pixels:
+            return self.to_bits(images, bits)
+        if bits:
+            raise ValueError("the build's network takes pixels, not input bits")
+        from .inputs import to_pixels
+        from .packing import pixel_bits
+
+        net, info = self.net, self.info
+        if net.input.size * pixel_bits(net.input.pixel_max) != info.n_inputs:
+            raise DriverError(f"{self.transport!r} takes {info.n_inputs}-bit images, but the "
+                              f"build's network has {net.input.size} pixels: wrong build?")
+        return to_pixels(net, np.asarray(images), "images")
+
+    def _wire(self, x: np.ndarray) -> np.ndarray:
+        """Images from :meth:`to_inputs` in the order the core takes them."""
+        if not self.takes_pixels:
+            return x
+        from .packing import frame_pixels
+
+        return frame_pixels(self.net, x)
+
+    def _pack(self, x: np.ndarray) -> bytes:
+        """The INFER request payload of images from :meth:`to_inputs`."""
+        wire = self._wire(x)
+        return pack_pixels(wire) if self.takes_pixels else pack_images(wire)
+
     def predict(self, images, *, bits: bool | None = None,
                 batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Classify images.
@@ -267,9 +310,9 @@ class Accelerator:
         Parameters
         ----------
         images : array_like
-            ``(N, n)`` bits, or pixels and other encodings (see :meth:`to_bits`).
+            ``(N, n)`` bits, or pixels and other encodings (see :meth:`to_inputs`).
         bits : bool, optional
-            True: ``images`` are 0/1 bits whatever their dtype.
+            True: ``images`` are 0/1 bits whatever their dtype (binary-input networks).
         batch : int, optional
             Images per request (default and at most ``info.max_images``).
 
@@ -281,10 +324,10 @@ class Accelerator:
             ``(N, C)`` int64.
         """
         info = self.info
-        x = self.to_bits(images, bits)
+        x = self.to_inputs(images, bits)
         batch = min(batch or info.max_images, info.max_images)
         starts = range(0, len(x), batch)
-        payloads = [pack_images(x[s:s + batch]) for s in starts]
+        payloads = [self._pack(x[s:s + batch]) for s in starts]
         sizes = [len(x[s:s + batch]) * info.record_size for s in starts]
         responses = self._exchange(Command.INFER, payloads, sizes, window=self.window)
         classes = np.zeros(len(x), np.int64)
@@ -303,7 +346,7 @@ class Accelerator:
         (default: estimated from the build's cycles per frame).
         """
         info = self.info
-        x = self.to_bits(images, bits)
+        x = self.to_inputs(images, bits)
         if not 1 <= len(x) <= info.max_images:
             raise ValueError(f"REPLAY takes 1..{info.max_images} images, got {len(x)}")
         if wait is None:
@@ -313,8 +356,8 @@ class Accelerator:
             cycle_time = self.transport.cycle_time or 1 / (info.clk_hz or 1e6)
             wait = 2 * (repeats + 1) * len(x) * max(per_frame, info.image_size) * cycle_time
         size = ReplaySummary.SIZE + len(x) * info.record_size
-        (payload,) = self._exchange(Command.REPLAY, [pack_replay(x, repeats)], [size],
-                                    extra_wait=wait)
+        request = pack_replay(self._wire(x), repeats, pixels=self.takes_pixels)
+        (payload,) = self._exchange(Command.REPLAY, [request], [size], extra_wait=wait)
         classes, scores = unpack_results(payload[ReplaySummary.SIZE:], info.num_classes)
         return ReplaySummary.unpack(payload), classes, scores
 

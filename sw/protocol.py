@@ -66,6 +66,7 @@ __all__ = [
     "DeviceInfo",
     "ReplaySummary",
     "pack_images",
+    "pack_pixels",
     "pack_replay",
     "record_dtype",
     "pack_records",
@@ -377,11 +378,22 @@ def pack_images(bits: np.ndarray) -> bytes:
     return b"".join(image_bytes(row) for row in bits.reshape(len(bits), -1))
 
 
-def pack_replay(bits: np.ndarray, repeats: int) -> bytes:
-    """A REPLAY request payload: the repeat count, then the images as for INFER."""
+def pack_pixels(pixels: np.ndarray) -> bytes:
+    """An INFER request payload of an integer-input network: images ``(k, n)`` of pixels in
+    ``0..255``, already in the core's order (:func:`bnnflow.packing.frame_pixels`), one byte
+    each."""
+    pixels = np.asarray(pixels)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise ValueError(f"pixels travel as bytes: found {pixels.min()}..{pixels.max()}")
+    return pixels.astype(np.uint8).tobytes()
+
+
+def pack_replay(images: np.ndarray, repeats: int, *, pixels: bool = False) -> bytes:
+    """A REPLAY request payload: the repeat count, then the images as for INFER (bits, or
+    with ``pixels`` the bytes of :func:`pack_pixels`)."""
     if not 1 <= repeats <= MAX_REPEATS:
         raise ValueError(f"repeats must be in 1..{MAX_REPEATS}, got {repeats}")
-    return struct.pack("<H", repeats) + pack_images(bits)
+    return struct.pack("<H", repeats) + (pack_pixels(images) if pixels else pack_images(images))
 
 
 def record_dtype(num_classes: int) -> np.dtype:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from netutil import random_net
+from netutil import random_conv_net, random_net
 
 from bnnflow import reference
 
@@ -31,6 +31,35 @@ def build(tmp_path_factory):
     compile_model(CompileConfig(Path("unused.onnx"), out), net=net)
     build_harness(out)
     return out, net
+
+
+@pytest.fixture(scope="module")
+def conv_build(tmp_path_factory):
+    """A compiled integer-input conv network on 3-channel 8-bit pixels, three pixels per 24-bit
+    core beat, with its harness built."""
+    from bnnflow.flow import CompileConfig, compile_model
+    from bnnflow.sim.transport import build_harness
+
+    out = tmp_path_factory.mktemp("conv")
+    levels = tuple(int(v) for v in np.rint((np.arange(256) - 127.5) / 2))
+    net = random_conv_net((3, 8, 8), [("conv", 8, 3, 1, 0, 0), ("pool", 2, 2), ("dense", 10)],
+                          seed=13, levels=levels)
+    assert not net.input.binary
+    compile_model(CompileConfig(Path("unused.onnx"), out, in_width=24), net=net)
+    assert json.loads((out / "manifest.json").read_text())["in_width"] == 24
+    build_harness(out)
+    return out, net
+
+
+def test_infer_sends_the_pixels_of_an_integer_input_net(conv_build, tmp_path):
+    out, net = conv_build
+    pixels = np.random.default_rng(2).integers(0, 256, (7, 3, 8, 8)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    want = reference.run(net, pixels).classes
+    assert len(set(want.tolist())) > 1  # the classes depend on the pixels
+    proc = bnnflow("infer", "--device", f"sim:{out}", "--inputs", tmp_path / "x.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(c) for c in want]
 
 
 def test_infer_refuses_another_build_in_one_line(build, tmp_path):

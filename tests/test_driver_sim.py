@@ -88,7 +88,7 @@ def test_benchmark_on_chip_and_over_the_link(real_build):
     print("\n" + result.report())
     assert result.ok and result.checked_against == "reference"
     assert (result.images, result.frames) == (128, 128 * 20)
-    # The fabric runs at the folding's predicted rate (or one image byte per cycle, whichever
+    # The fabric runs at the folding's predicted rate (or one 8-bit input beat per cycle, whichever
     # is slower): REPLAY measures the core, not the link.
     assert result.fabric_cycles_per_frame == pytest.approx(
         max(manifest["cycles_per_frame"], 8), rel=0.02)
@@ -132,3 +132,36 @@ def test_faults_in_both_directions_lose_no_image(real_build):
     assert link.frames_damaged > 5 and stats.retries >= 1
     for direction in injected.values():
         assert direction["corrupt"] and direction["drop"]
+
+
+def test_pixel_conv_net_with_wide_input_through_verilator(tmp_path):
+    """An integer-input conv network on 3-channel 8-bit pixels, three pixels per 24-bit core
+    beat (one buffer word each), driven with pixels through the simulated top."""
+    from netutil import random_conv_net
+
+    from bnnflow.folding import default_folding
+
+    levels = tuple(int(v) for v in np.rint((np.arange(256) - 127.5) / 2))
+    net = random_conv_net((3, 8, 8), [("conv", 8, 3, 1, 0, 0), ("pool", 2, 2), ("dense", 10)],
+                          seed=11, levels=levels)
+    core = BnnCore(net, default_folding(net, in_elems=3), in_width=24)
+    make_build(tmp_path, core, max_payload=1024)
+    pixels = np.random.default_rng(12).integers(0, 256, (12, 3, 8, 8)).astype(np.uint8)
+    with Accelerator.open(f"sim:{tmp_path}") as acc:
+        assert acc.takes_pixels and acc.info.n_inputs == 3 * 8 * 8 * 8
+        assert acc.info.max_images == 1024 // 192
+        classes, scores = acc.predict(pixels)
+        result = acc.benchmark(pixels, repeats=3)
+        with pytest.raises(ValueError, match="pixels"):
+            acc.predict(pixels.reshape(12, -1) & 1, bits=True)
+    want = reference.run(net, pixels)
+    np.testing.assert_array_equal(scores, want.scores)
+    np.testing.assert_array_equal(classes, want.classes)
+    print("\n" + result.report())
+    assert result.ok and result.checked_against == "reference"
+    assert (result.images, result.frames) == (5, 15)
+    # The buffer hands the core a whole beat per cycle (64 per image), so REPLAY measures the
+    # core's own rate: the folding model's 324 cycles per frame, plus the few per frame the
+    # model leaves out (340 measured).
+    predicted = core.folding.cycles_per_frame(net, in_elems=3)
+    assert predicted <= result.fabric_cycles_per_frame <= 1.1 * predicted

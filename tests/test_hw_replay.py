@@ -5,12 +5,15 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
-from amaranth.lib.wiring import connect
+from amaranth.hdl import Array, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out, connect
 from fakecore import FakeCore, byte_host
 from streams import run
 
-from bnnflow.hw.hostlink import HostLink, HostTop
+from bnnflow.hw.framing import bank_words
+from bnnflow.hw.hostlink import HostLink, HostTop, core_in_layout, core_out_layout
+from bnnflow.packing import image_bytes
 from bnnflow.protocol import (
     Command,
     ErrorCode,
@@ -183,3 +186,156 @@ def test_two_outstanding_requests_keep_tx_busy():
                                       core.predict(bits)[1])
     # The line idles less than a byte time between responses 0 and 1 (host-limited after).
     assert gaps[0] < 10 * divisor
+
+
+class BeatProbe(wiring.Component):
+    """A core of ``width``-bit input beats that takes one beat per cycle while its output is
+    free, and answers each image (at its ``last`` beat) like :class:`FakeCore`: scores
+    ``2*popcount(image & mask_c) - popcount(mask_c)``, class their first argmax."""
+
+    def __init__(self, n_inputs, num_classes, width, seed=0):
+        self.n_inputs, self.width = n_inputs, width
+        self.beats = -(-n_inputs // width)
+        self.score_bits = n_inputs.bit_length() + 1
+        self.cls_bits = max(1, (num_classes - 1).bit_length())
+        self.masks = np.random.default_rng(seed).integers(0, 2, (num_classes, n_inputs),
+                                                          dtype=np.uint8)
+        super().__init__({
+            "s_axis": In(stream.Signature(core_in_layout(width))),
+            "m_axis": Out(stream.Signature(
+                core_out_layout(num_classes, self.cls_bits, self.score_bits))),
+        })
+
+    predict = FakeCore.predict  # the same masks model
+
+    def elaborate(self, platform):
+        m = Module()
+        beat = Signal(range(self.beats))
+        inp, out = self.s_axis.payload, self.m_axis.payload
+        m.d.comb += self.s_axis.ready.eq(~self.m_axis.valid | self.m_axis.ready)
+        with m.If(self.m_axis.valid & self.m_axis.ready):
+            m.d.sync += self.m_axis.valid.eq(0)
+        with m.If(self.s_axis.valid & self.s_axis.ready):
+            m.d.sync += beat.eq(beat + 1)
+            for c, mask in enumerate(self.masks):
+                words = int.from_bytes(image_bytes(mask), "little")
+                word = Array(Const(words >> (self.width * b), self.width)
+                             for b in range(self.beats))[beat]
+                acc = Signal(data.signed(self.score_bits), init=-int(mask.sum()), name=f"acc{c}")
+                new = acc + 2 * sum((inp.data & word)[i] for i in range(self.width))
+                m.d.sync += acc.eq(new)
+                with m.If(inp.last):
+                    m.d.sync += [acc.eq(-int(mask.sum())), out.scores[c].eq(new)]
+            with m.If(inp.last):
+                m.d.sync += [beat.eq(0), self.m_axis.valid.eq(1)]
+        best, best_c = out.scores[0], Const(0, self.cls_bits)
+        for c in range(1, len(self.masks)):
+            better = out.scores[c] > best
+            best, best_c = Mux(better, out.scores[c], best), Mux(better, c, best_c)
+        m.d.comb += [out.cls.eq(best_c), out.last.eq(1)]
+        return m
+
+
+def beats_of(bits, width):
+    """The core input beats of each image: its bytes, ``width // 8`` per beat, zero-padded."""
+    k = width // 8
+    out = []
+    for row in bits:
+        raw = image_bytes(row)
+        raw += bytes(-len(raw) % k)
+        out += [(int.from_bytes(raw[s:s + k], "little"), int(s + k == len(raw)))
+                for s in range(0, len(raw), k)]
+    return out
+
+
+@pytest.mark.parametrize("n_inputs, width", [(784, 32), (20, 32), (56, 24), (48, 24), (60, 16)])
+def test_wide_beats_replay_at_one_beat_per_cycle(n_inputs, width):
+    """A core that takes a ``width``-bit beat every cycle is measured at its own rate, one beat
+    per cycle (a 784-bit image: 25 cycles per frame, not its 98 bytes), and gets each image's
+    bytes in order, ``width // 8`` per beat, the last beat zero-padded."""
+    k, repeats = 3, 4
+    core = BeatProbe(n_inputs, CLASSES, width, seed=n_inputs)
+    nbytes = -(-n_inputs // 8)
+    link = HostLink(n_inputs, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, k * nbytes,
+                    in_width=width)
+    m = Module()
+    m.submodules.core, m.submodules.link = core, link
+    connect(m, link.core_in, core.s_axis)
+    connect(m, core.m_axis, link.core_out)
+    bits = np.random.default_rng(width).integers(0, 2, (k, n_inputs), dtype=np.uint8)
+    bits[0, -1] = 1  # the last input bit, next to the padding
+    requests = [encode_frame(Command.REPLAY, 1, pack_replay(bits, repeats)),
+                encode_frame(Command.INFER, 2, pack_images(bits[::-1]))]
+    events, beats_in, outs = [], [], []
+    host_tx, host_rx = byte_host(link, requests, events, 2, random.Random(n_inputs))
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, iv, ir, payload, ov, orr in ctx.tick().sample(
+                core.s_axis.valid, core.s_axis.ready, core.s_axis.payload, core.m_axis.valid,
+                core.m_axis.ready):
+            if iv and ir:
+                beats_in.append((cycle, payload.data, payload.last))
+            if ov and orr:
+                outs.append(cycle)
+            cycle += 1
+
+    run(m, host_tx, host_rx, checked=[link.tx, link.core_in, link.core_out],
+        background=[monitor])
+    per_image = core.beats
+    assert per_image == -(-nbytes // (width // 8))
+    want = beats_of(bits, width)
+    assert [b[1:] for b in beats_in] == want * (repeats + 1) + beats_of(bits[::-1], width)
+    frames = k * repeats
+    measured = [c for c, _, _ in beats_in[:frames * per_image]]
+    assert measured == list(range(measured[0], measured[0] + frames * per_image))
+    summary = ReplaySummary.unpack(events[0].payload)
+    classes, scores = core.predict(bits)
+    assert summary.frames == frames and summary.crc == results_crc(classes, scores, repeats)
+    # The meter sees one frame every ``per_image`` cycles: the core's rate, not the buffer's.
+    assert summary.cycles - summary.latency == (frames - 1) * per_image
+    assert summary.cycles == outs[frames - 1] - measured[0] + 1
+    got = unpack_results(events[1].payload, CLASSES)
+    np.testing.assert_array_equal(got[0], classes[::-1])
+    np.testing.assert_array_equal(got[1], scores[::-1])
+
+
+def test_bank_words_start_each_image_in_a_new_word():
+    assert bank_words(1024, 98, 8) == 1024
+    assert bank_words(980, 98, 32) == 256  # 10 images of 25 words
+    assert bank_words(3072, 3072, 24) == 1024
+    assert bank_words(7, 3, 16) == 8  # 2 + 2 + 1 words
+    with pytest.raises(ValueError, match="whole number of bytes"):
+        bank_words(1024, 98, 12)
+
+
+def test_word_crc_matches_zlib_with_gaps_and_restart():
+    """The two-stage CRC of the meter equals zlib's CRC-32 over the words' little-endian bytes,
+    whatever the gaps between words, and ``start`` begins a new one."""
+    import zlib
+
+    from bnnflow.hw.responder import _WordCrc32
+
+    dut = _WordCrc32(40)
+    rng = random.Random(3)
+    runs = [[rng.getrandbits(40) for _ in range(n)] for n in (7, 1, 0, 12)]
+    got = []
+
+    async def bench(ctx):
+        for words in runs:
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for word in words:
+                while rng.random() < 0.4:
+                    await ctx.tick()
+                ctx.set(dut.word, word)
+                ctx.set(dut.valid, 1)
+                await ctx.tick()
+                ctx.set(dut.valid, 0)
+            await ctx.tick().repeat(2)
+            got.append(ctx.get(dut.crc))
+
+    run(dut, bench)
+    assert got == [zlib.crc32(b"".join(w.to_bytes(5, "little") for w in words))
+                   for words in runs]
