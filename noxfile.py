@@ -53,6 +53,15 @@ def build(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The generator's benchmark: TFC, SFC and CNV at the largest folding that fits the
+    ULX3S-85F, simulated and built at 125 MHz; cycle- and resource-model tables; writes
+    docs/benchmark.md. Arguments go to `python -m bnnflow.benchmark` (e.g. `-- --no-build`)."""
+    _install(session)
+    session.run("python", "-m", "bnnflow.benchmark", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "sw", "hw", "sim", "boards", "tests", "noxfile.py")

@@ -22,7 +22,42 @@ from amaranth.vendor import LatticePlatform
 
 from .pll import PLLConfig, pll_config
 
-__all__ = ["BoardInfo", "BOARDS", "register", "get_board", "list_boards"]
+__all__ = ["DeviceResources", "DEVICES", "BoardInfo", "BOARDS", "register", "get_board",
+           "list_boards"]
+
+
+@dataclass(frozen=True)
+class DeviceResources:
+    """What one ECP5 device offers the design.
+
+    Attributes
+    ----------
+    lut4 : int
+        LUT4 slots (nextpnr's ``TRELLIS_COMB``; carry-chain halves count as LUT4 slots).
+    ff : int
+        Flip-flops (``TRELLIS_FF``).
+    ebr : int
+        18-kbit block RAMs (``DP16KD``).
+    dsp : int
+        18x18 multipliers.
+    """
+
+    lut4: int
+    ff: int
+    ebr: int
+    dsp: int
+
+
+#: Resources per device, from the ECP5 family data sheet (FPGA-DS-02012) and nextpnr's chip
+#: databases. The LFE5U-12F is the 25F die, but only its data-sheet share (12K LUT, 32 EBR) is
+#: counted here: that is what Lattice guarantees.
+DEVICES: dict[str, DeviceResources] = {
+    "LFE5U-12F": DeviceResources(lut4=12288, ff=12288, ebr=32, dsp=28),
+    "LFE5U-25F": DeviceResources(lut4=24288, ff=24288, ebr=56, dsp=28),
+    "LFE5U-45F": DeviceResources(lut4=43848, ff=43848, ebr=108, dsp=72),
+    "LFE5U-85F": DeviceResources(lut4=83640, ff=83640, ebr=208, dsp=156),
+    "LFE5UM5G-85F": DeviceResources(lut4=83640, ff=83640, ebr=208, dsp=156),
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,11 @@ class BoardInfo:
         """Full Lattice part number, e.g. ``"LFE5U-85F-6BG381C"``."""
         p = self.platform
         return f"{p.device}-{p.speed}{p.package}{p.grade}"
+
+    @property
+    def resources(self) -> DeviceResources:
+        """LUT4, FF, EBR and DSP of the board's device."""
+        return DEVICES[self.device]
 
     @property
     def programmer(self) -> str:

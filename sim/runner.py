@@ -22,7 +22,8 @@ from bnnflow import reference
 from bnnflow.ir import Network
 from bnnflow.packing import frame_pixels, pack_words, pixel_bits
 
-__all__ = ["SimulationError", "verilator_env", "verilator_bin", "input_frames", "simulate_core"]
+__all__ = ["SimulationError", "verilator_env", "verilator_bin", "core_blocks", "input_frames",
+           "simulate_core"]
 
 
 class SimulationError(RuntimeError):
@@ -101,6 +102,20 @@ def _output_fields(net: Network) -> dict:
     }
 
 
+def core_blocks(net: Network) -> list[str]:
+    """Instance names of the core's streaming blocks in pipeline order, as
+    :class:`bnnflow.hw.core.BnnCore` names its submodules (``window<i>`` before a conv layer's
+    ``layer<i>``; a max-pool is ``layer<i>``), then ``argmax``."""
+    from bnnflow.ir import Conv
+
+    names = []
+    for index, layer in enumerate(net.layers):
+        if isinstance(layer, Conv):
+            names.append(f"window{index}")
+        names.append(f"layer{index}")
+    return [*names, "argmax"]
+
+
 def input_frames(net: Network, inputs: np.ndarray, in_width: int) -> np.ndarray:
     """``s_axis`` payload words ``(N, beats)`` of input bits (binary-input network) or integer
     pixels (integer-input network) given in the IR's flat order (see :mod:`bnnflow.hw.core`)."""
@@ -144,7 +159,8 @@ def simulate_core(net: Network, verilog: Path, bits: np.ndarray, *, in_width: in
     golden = reference.run(net, bits, bits=net.input.binary)
     np.savez(run_dir / "golden.npz", classes=golden.classes, scores=golden.scores)
     cfg = {"in_width": in_width, "p_idle": p_idle, "p_stall": p_stall, "seed": seed,
-           "predicted_cycles": predicted_cycles, **_output_fields(net)}
+           "predicted_cycles": predicted_cycles, "blocks": core_blocks(net),
+           **_output_fields(net)}
     (run_dir / "config.json").write_text(json.dumps(cfg))
 
     runner = build_verilator(Path(verilog), toplevel, work_dir / "verilator")

@@ -5,7 +5,9 @@ results and a ``config.json`` into a work directory named by ``BNNFLOW_SIM_DIR``
 drives every frame twice:
 
 1. *throughput*: input always valid, output always ready, to measure steady-state cycles per
-   frame (the interval between successive results);
+   frame (the interval between successive results), and, over a few frames of it, the cycles
+   each block's output waited on the next block (``blocked_cycles``: a balanced pipeline
+   whose stream buffers are deep enough shows none at its slowest layers);
 2. *stress*: random idle cycles on ``s_axis`` and random back-pressure on ``m_axis``.
 
 Every result of both passes is compared with the golden model (class and every score); the
@@ -34,6 +36,8 @@ class TB:
         self.dut, self.cfg = dut, cfg
         self.frames = frames  # (N, beats) payload words for s_axis
         self.cycle = 0
+        self.blocked: dict[str, int] = {}
+        self.watched = 0
 
     async def reset(self):
         dut = self.dut
@@ -55,9 +59,27 @@ class TB:
             scores.append(v - (1 << sb) if v >> (sb - 1) else v)
         return cls, scores
 
-    async def run(self, p_idle: float, p_stall: float, rng: random.Random):
-        """Stream all frames; returns the results and the cycle of each result."""
+    def blocks(self) -> list[tuple[str, object, object]]:
+        """``(name, o_stream valid, o_stream ready)`` of every block the config names."""
+        out = []
+        for name in self.cfg.get("blocks", []):
+            inst = getattr(self.dut, name)
+            out.append((name, inst.o_stream__valid, inst.o_stream__ready))
+        return out
+
+    async def run(self, p_idle: float, p_stall: float, rng: random.Random,
+                  monitor: tuple[int, int] | None = None):
+        """Stream all frames; returns the results and the cycle of each result.
+
+        With ``monitor = (a, b)``, also counts for every block of :meth:`blocks` the cycles
+        its output waited (valid, not ready) between results ``a`` and ``b``: in
+        :attr:`blocked`, with the cycles watched in :attr:`watched`.
+        """
         dut = self.dut
+        blocks = self.blocks() if monitor else []
+        if monitor:
+            self.blocked = {name: 0 for name, _, _ in blocks}
+            self.watched = 0
         beats = [int(w) for frame in self.frames for w in frame]
         per_frame = self.frames.shape[1]
         results, times = [], []
@@ -88,6 +110,11 @@ class TB:
                 drive_input()
             elif not dut.s_axis__valid.value:
                 drive_input()
+            if blocks and monitor[0] <= len(results) < monitor[1]:
+                self.watched += 1
+                for name, valid, ready in blocks:
+                    if valid.value and not ready.value:
+                        self.blocked[name] += 1
             if dut.m_axis__valid.value and dut.m_axis__ready.value:
                 results.append(self.decode(int(dut.m_axis__payload.value)))
                 times.append(self.cycle)
@@ -119,7 +146,9 @@ async def core_matches_reference(dut):
     await tb.reset()
     rng = random.Random(cfg["seed"])
 
-    results, times = await tb.run(0.0, 0.0, rng)
+    # Watch the blocks over a few steady-state frames (after the first two results).
+    watch = (2, min(len(frames), 2 + cfg.get("watch_frames", 8)))
+    results, times = await tb.run(0.0, 0.0, rng, monitor=watch if watch[1] > 2 else None)
     free_mismatch, preds = _score(results, g_cls, g_scores)
     # Steady state: the interval between results once the pipeline is full (skip the first).
     steady = (times[-1] - times[1]) / (len(times) - 2) if len(times) > 2 else float("nan")
@@ -134,6 +163,8 @@ async def core_matches_reference(dut):
         "mismatches_stalled": stress_mismatch,
         "cycles_per_frame": steady,
         "first_result_cycles": times[0],
+        "steady_cycles_watched": tb.watched,
+        "blocked_cycles": tb.blocked,
         "predictions": preds,
         "predictions_stalled": preds2,
         "p_idle": cfg["p_idle"],

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .autofold import board_budget, check_fit
 from .flow import load_build, update_report
 
 __all__ = ["DEFAULT_BAUD", "build_bitstream", "program_board"]
@@ -26,9 +27,13 @@ _REPORT_KEYS = ("board", "part", "lut4", "ff", "ebr", "dsp", "ccu2", "fmax_mhz",
 
 
 def build_bitstream(build: Path, board: str, *, baud: int | None = None,
-                    target_mhz: float | None = None,
+                    target_mhz: float | None = None, allow_timing_fail: bool = False,
                     progress: Callable[[str], None] | None = None) -> dict:
-    """Build the bitstream of ``build`` for ``board``; returns the merged report."""
+    """Build the bitstream of ``build`` for ``board``; returns the merged report.
+
+    With ``allow_timing_fail`` a design that misses its clock still gets its bitstream and
+    report (``timing_met`` false) instead of a :class:`~bnnflow.boards.build.TimingError`.
+    """
     from bnnflow.boards.build import build as board_build
     from bnnflow.boards.registry import get_board
     from bnnflow.hw.core import BnnCore
@@ -38,6 +43,9 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     info = get_board(board)
     baud = min(baud or DEFAULT_BAUD, info.max_baud)
     net, folding, manifest = load_build(build)
+    # Refuse in a second what could only fail after synthesis and placement.
+    budget = board_budget(net, info.name, utilization=1.0)
+    check_fit(net, folding, budget, manifest.in_width, source=f"{build}")
     used = {}
 
     def top(board_info):
@@ -55,7 +63,8 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
 
     out = Path(build) / info.name
     report = board_build(info, top, out, name="bnnflow_top", progress=step,
-                         target_mhz=target_mhz, design_key=f"{manifest.design_id}:{baud}")
+                         target_mhz=target_mhz, design_key=f"{manifest.design_id}:{baud}",
+                         allow_timing_fail=allow_timing_fail)
     shutil.copyfile(report["bitstream"], Path(build) / f"{info.name}.bit")
     fields = {k: report.get(k) for k in _REPORT_KEYS if k in report}
     fields["baud"] = baud

@@ -114,14 +114,31 @@ def cmd_ablate(args) -> None:
 def cmd_compile(args) -> None:
     from .flow import CompileConfig, compile_model
 
+    chosen = [opt for opt, value in (("--folding", args.folding),
+                                     ("--target-cycles", args.target_cycles),
+                                     ("--target-fps", args.target_fps)) if value is not None]
+    if len(chosen) > 1:
+        raise _bad_options("compile", ValueError(f"{' and '.join(chosen)} both choose the "
+                                                 "folding; give one"))
+    if not 8 <= args.in_width <= 56 or args.in_width % 8:
+        raise _bad_options("compile", ValueError(f"--in-width {args.in_width}: give a "
+                                                 "multiple of 8 from 8 to 56"))
     cfg = CompileConfig(Path(args.model), Path(args.output),
                         Path(args.folding) if args.folding else None,
-                        target_cycles=args.target_cycles)
+                        in_width=args.in_width, target_cycles=args.target_cycles,
+                        target_fps=args.target_fps, clock_mhz=args.clock_mhz,
+                        board=args.board, lut_budget=args.lut_budget,
+                        ebr_budget=args.ebr_budget)
     state = compile_model(cfg, progress=None if args.quiet else lambda s: _say(f"[compile] {s}"))
-    cpf = state.folding.cycles_per_frame(state.net)
+    from .flow import _in_elems
+
+    cpf = state.folding.cycles_per_frame(state.net, _in_elems(state.net, cfg.in_width))
     folds = ", ".join(f"{n}: PE {f.pe} SIMD {f.simd}" for n, f in state.folding.layers.items())
-    print(f"compiled {len(state.net.layers)} layers ({folds}); predicted {cpf} cycles/frame; "
-          f"wrote {cfg.out}")
+    est = state.estimate
+    fit = f" of {state.budget.lut4:,} / {state.budget.ebr}" if state.budget is not None else ""
+    print(f"compiled {len(state.net.layers)} layers ({folds}); predicted {cpf} cycles/frame "
+          f"({cfg.clock_mhz * 1e6 / cpf:,.0f} frames/s at {cfg.clock_mhz:g} MHz); estimated "
+          f"{est.lut4:,} LUT4 / {est.ebr} EBR{fit}; wrote {cfg.out}")
 
 
 # -- verify -----------------------------------------------------------------------------------
@@ -178,6 +195,8 @@ def cmd_simulate(args) -> None:
         "frames": out["frames"], "mismatches": out["mismatches"],
         "cycles_per_frame": out["cycles_per_frame"],
         "predicted_cycles_per_frame": manifest.cycles_per_frame,
+        "cycle_model_error": out["cycles_per_frame"] / manifest.cycles_per_frame - 1,
+        "layers": _layer_stalls(net, folding, manifest, out),
         "first_result_cycles": out["first_result_cycles"],
         "p_idle": args.p_idle, "p_stall": args.p_stall, "seconds": round(seconds, 2),
         "predictions": preds.tolist(),
@@ -187,11 +206,35 @@ def cmd_simulate(args) -> None:
         results["reference_accuracy"] = float((ref.classes == labels).mean())
     (build / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     update_report(build, {"measured_cycles_per_frame": out["cycles_per_frame"]})
+    stalled = [r["name"] for r in results["layers"]
+               if r["bottleneck"] and r["blocked_cycles_per_frame"]]
+    if stalled:
+        _say(f"note: bottleneck layer(s) {', '.join(stalled)} waited on the next block in "
+             "steady state (see results.json)")
     acc = f", accuracy {results['accuracy']:.4f}" if labels is not None else ""
     print(f"simulated {results['frames']} frames twice (free-running, then with "
           f"{args.p_idle:.0%} idle / {args.p_stall:.0%} back-pressure): "
           f"{results['mismatches']} mismatches{acc}; {out['cycles_per_frame']:.2f} cycles/frame "
           f"(predicted {manifest.cycles_per_frame}); wrote {build / 'results.json'}")
+
+
+def _layer_stalls(net, folding, manifest, out) -> list[dict]:
+    """Per layer: predicted cycles per frame and the cycles per frame its output waited on the
+    next block in steady state (``blocked``); the slowest layers (``bottleneck``) should show
+    none."""
+    from .flow import _in_elems
+
+    cycles = folding.layer_cycles(net, _in_elems(net, manifest.in_width))
+    slowest = max(cycles.values())
+    watched_frames = max(1, out["steady_cycles_watched"]) / max(out["cycles_per_frame"], 1)
+    rows = []
+    for index, layer in enumerate(net.layers):
+        blocked = out["blocked_cycles"].get(f"layer{index}")
+        rows.append({"name": layer.name, "predicted_cycles": cycles[layer.name],
+                     "bottleneck": cycles[layer.name] == slowest,
+                     "blocked_cycles_per_frame": None if blocked is None
+                     else round(blocked / watched_frames, 2)})
+    return rows
 
 
 # -- build ------------------------------------------------------------------------------------
@@ -228,7 +271,7 @@ def cmd_boards(args) -> None:
 # -- infer ------------------------------------------------------------------------------------
 
 def cmd_infer(args) -> None:
-    from .inputs import load_array, to_bits
+    from .inputs import load_array, to_inputs
     from .ir import Network
 
     device = args.device
@@ -238,11 +281,11 @@ def cmd_infer(args) -> None:
         expected = Manifest.load(args.build).design_id_bytes
     build = Path(args.build or (device[4:] if device.startswith("sim:") else "."))
     net = Network.load(build)
-    bits = to_bits(net, load_array(args.inputs), args.inputs)
+    x = to_inputs(net, load_array(args.inputs), args.inputs)  # bits, or pixels of a conv net
     from .driver import Accelerator
 
     with Accelerator.open(device, expected_id=expected, build=build) as acc:
-        classes, _scores = acc.predict(bits, bits=True)
+        classes, _scores = acc.predict(x, bits=net.input.binary)
     text = "\n".join(str(int(c)) for c in classes)
     print(text)
     if args.output:
@@ -254,9 +297,11 @@ def cmd_bench(args) -> None:
     from .ir import Network
 
     build = Path(args.build or args.device.removeprefix("sim:"))
-    bits, _ = _inputs_and_labels(args, Network.load(build))
+    net = Network.load(build)
+    x, _ = _inputs_and_labels(args, net)
     with Accelerator.open(args.device, build=build) as acc:
-        result = acc.benchmark(bits, args.repeats, bits=True, link_images=args.link_images,
+        result = acc.benchmark(x, args.repeats, bits=net.input.binary,
+                               link_images=args.link_images,
                                clk_hz=args.clk_mhz and args.clk_mhz * 1e6)
     print(result.report())
     if not result.ok:
@@ -325,8 +370,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("-o", "--output", required=True, help="build folder")
     c.add_argument("--folding", help="JSON {layer: {pe, simd}}")
-    c.add_argument("--target-cycles", type=int, default=16,
-                   help="cycles per frame of the default folding (without --folding)")
+    c.add_argument("--target-cycles", type=int,
+                   help="fold every layer to at most this many cycles per frame")
+    c.add_argument("--target-fps", type=float,
+                   help="the cheapest folding that reaches N frames/s at --clock-mhz")
+    c.add_argument("--clock-mhz", type=float, default=125.0,
+                   help="fabric clock assumed by --target-fps (default 125)")
+    c.add_argument("--board", help="fit this board: with no folding option, the largest "
+                   "balanced folding that fits; with one, a check before anything is built")
+    c.add_argument("--lut-budget", type=int, help="LUT4 the core may use (caps the board's)")
+    c.add_argument("--ebr-budget", type=int, help="EBR the core may use (caps the board's)")
+    c.add_argument("--in-width", type=int, default=8,
+                   help="bits per input beat of the core (8; 16, 24, 32... for faster input)")
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("verify", help="check the IR reference against PyTorch and qonnx")

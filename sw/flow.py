@@ -10,7 +10,8 @@ Build folder::
     folding.json                PE/SIMD per layer             (step_fold)
     core.v                      the accelerator core (AXI4-Stream ports)    (step_core)
     top.v                       core + host link + UART, for the simulated board (step_top)
-    manifest.json, report.json  design ID, geometry; predicted cycles       (step_report)
+    manifest.json, report.json  design ID, geometry; predicted cycles and resources per
+                                layer and in total                      (step_report)
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ class CompileConfig:
     folding: Path | None = None
     in_width: int = 8
     sim_divisor: int = SIM_DIVISOR
-    target_cycles: int = DEFAULT_TARGET_CYCLES
+    target_cycles: int | None = None
+    #: Automatic folding: the cheapest folding that reaches ``target_fps`` at ``clock_mhz``,
+    #: and/or the fastest that fits ``board`` (capped by ``lut_budget``/``ebr_budget``).
+    target_fps: float | None = None
+    clock_mhz: float = 125.0
+    board: str | None = None
+    lut_budget: int | None = None
+    ebr_budget: int | None = None
 
 
 @dataclass
 class CompileState:
     net: Network | None = None
     folding: Folding | None = None
+    budget: object | None = None  # autofold.Budget when a device or budget was given
+    estimate: object | None = None  # resources.Estimate of the chosen folding
     timings: dict = field(default_factory=dict)
 
 
@@ -79,11 +89,41 @@ def _in_elems(net: Network, in_width: int) -> int:
 
 
 def step_fold(state: CompileState, cfg: CompileConfig) -> None:
+    """Choose the folding, in this order of precedence: ``--folding FILE``, ``--target-cycles``,
+    ``--target-fps``, the largest that fits ``--board`` (or the budgets), the default (16
+    cycles). With a board or budget, any folding is then checked against it before anything
+    is generated: :class:`~bnnflow.autofold.FitError` names the layer and the resource."""
+    from . import autofold
+    from .resources import estimate
+
+    net, elems = state.net, _in_elems(state.net, cfg.in_width)
+    if cfg.board is not None:
+        state.budget = autofold.board_budget(net, cfg.board, cfg.lut_budget, cfg.ebr_budget)
+    elif cfg.lut_budget is not None or cfg.ebr_budget is not None:
+        big = 1 << 40
+        state.budget = autofold.Budget(
+            lut4=cfg.lut_budget if cfg.lut_budget is not None else big, ff=big,
+            ebr=cfg.ebr_budget if cfg.ebr_budget is not None else big,
+            source=f"--lut-budget {cfg.lut_budget} / --ebr-budget {cfg.ebr_budget}")
     if cfg.folding is not None:
-        state.folding = Folding.load(cfg.folding, state.net)
+        state.folding, source = Folding.load(cfg.folding, net), str(cfg.folding)
+    elif cfg.target_cycles is not None:
+        state.folding = default_folding(net, cfg.target_cycles, elems)
+        source = f"--target-cycles {cfg.target_cycles}"
+    elif cfg.target_fps is not None:
+        state.folding = autofold.fold_for_fps(net, cfg.target_fps, cfg.clock_mhz * 1e6, elems)
+        source = f"--target-fps {cfg.target_fps:g}"
+    elif state.budget is not None:
+        state.folding = autofold.fold_for_budget(net, state.budget, elems, cfg.in_width)
+        source = "the automatic folding"
     else:
-        state.folding = default_folding(state.net, cfg.target_cycles,
-                                        _in_elems(state.net, cfg.in_width))
+        state.folding = default_folding(net, DEFAULT_TARGET_CYCLES, elems)
+        source = "the default folding"
+    if state.budget is not None:
+        state.estimate = autofold.check_fit(net, state.folding, state.budget, cfg.in_width,
+                                            source)
+    else:
+        state.estimate = estimate(net, state.folding, cfg.in_width)
     state.folding.save(cfg.out / "folding.json")
 
 
@@ -119,6 +159,13 @@ def step_report(state: CompileState, cfg: CompileConfig) -> None:
             "simd": f.simd, "lanes": f.pe * f.simd, "cycles": cycles[layer.name],
             "weight_bits": layer.fan_in * layer.out_channels,
         })
+    est = state.estimate
+    by_name = {c.name: c for c in est.layers}
+    for entry in layers:
+        cost = by_name.get(entry["name"])
+        if cost is not None:
+            entry["estimate"] = {"lut4": cost.lut4, "ff": cost.ff, "ebr": cost.ebr,
+                                 "storage": cost.storage}
     manifest = Manifest(
         design_id=design_id(net, folding).hex(), name=net.name, n_inputs=net.input.size,
         input_shape=net.input.shape, pixel_max=net.input.pixel_max,
@@ -127,8 +174,13 @@ def step_report(state: CompileState, cfg: CompileConfig) -> None:
         cycles_per_frame=folding.cycles_per_frame(net, in_elems))
     manifest.save(cfg.out)
     report = {"design_id": manifest.design_id, "generator_version": GENERATOR_VERSION,
-              "cycles_per_frame": manifest.cycles_per_frame, "layers": layers,
+              "cycles_per_frame": manifest.cycles_per_frame, "in_width": cfg.in_width,
+              "layers": layers,
+              "estimate": {"lut4": est.lut4, "ff": est.ff, "ebr": est.ebr},
               "compile_seconds": state.timings}
+    if state.budget is not None:
+        b = state.budget
+        report["budget"] = {"lut4": b.lut4, "ff": b.ff, "ebr": b.ebr, "source": b.source}
     (cfg.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 

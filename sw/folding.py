@@ -10,7 +10,8 @@ positions). Its sliding window emits ``k*k*C/e`` beats per output pixel, where `
 channels per beat of its input stream (the previous MVTU's PE, or the input elements per
 ``s_axis`` beat), so a conv layer costs ``OH*OW*max((OC/pe)*(C*k*k/simd), k*k*C/e)``. A max-pool
 has no folding of its own (no entry in the folding file): it costs ``OH*OW*k*k*C/e``. A dense
-layer after a conv or pool also waits for its ``MW/e`` input beats per vector.
+layer after a conv or pool, or first in the network, also waits for its ``MW/e`` input beats
+per vector.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Folding:
         first conv layer's window; by default what an 8-bit beat holds.
         """
         elems = _default_in_elems(net) if in_elems is None else in_elems
-        out, pixels = {}, False
+        out, pixels = {}, True  # the first layer also waits for its input beats
         for layer, shape in zip(net.layers, net.shapes(), strict=False):
             if isinstance(layer, MaxPool):
                 out[layer.name] = _window_cycles(layer, elems)
@@ -155,9 +156,11 @@ def default_folding(net: Network, target_cycles: int = DEFAULT_TARGET_CYCLES,
     A network with conv or pool layers is folded by :func:`_conv_folding` instead, with
     ``in_elems`` input elements per beat (see :meth:`Folding.layer_cycles`).
     """
+    elems = _default_in_elems(net) if in_elems is None else in_elems
     if not all(isinstance(layer, Dense) for layer in net.layers):
-        return _conv_folding(net, target_cycles,
-                             _default_in_elems(net) if in_elems is None else in_elems)
+        return _conv_folding(net, target_cycles, elems)
+    # No layer needs to be faster than the input stream can feed the first one.
+    target_cycles = max(target_cycles, -(-net.layers[0].in_features // elems))
     layers = {}
     for layer in net.layers:
         mh, mw = layer.out_features, layer.in_features

@@ -91,6 +91,27 @@ def test_folding_that_does_not_divide(build, tmp_path):
                                "--folding", fold), "fold.json", "fc1", "PE 7")
 
 
+def test_compile_for_a_board(build, tmp_path):
+    run, _ = build
+    out = tmp_path / "b"
+    proc = bnnflow("compile", run / "model.onnx", "-o", out, "--board", "ulx3s-12f")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["estimate"]["lut4"] <= report["budget"]["lut4"]
+    assert "ulx3s-12f" in report["budget"]["source"] and "LUT4" in proc.stdout
+
+
+def test_compile_that_does_not_fit(build, tmp_path):
+    run, _ = build
+    out = tmp_path / "b"
+    assert_clean_error(bnnflow("compile", run / "model.onnx", "-o", out, "--board",
+                               "ulx3s-12f", "--lut-budget", "100"),
+                       "--lut-budget 100", "LUT4", "layer fc")
+    assert not (out / "core.v").exists()
+    assert_clean_error(bnnflow("compile", run / "model.onnx", "-o", out, "--target-cycles", "8",
+                               "--target-fps", "1000"), "--target-cycles and --target-fps")
+
+
 def test_input_of_wrong_shape(build, tmp_path):
     _, out = build
     np.save(tmp_path / "x.npy", np.zeros((3, 28, 28), np.uint8))

@@ -7,17 +7,14 @@ import time
 
 import numpy as np
 import pytest
-from netutil import random_conv_net
+from netutil import LEVELS, random_conv_net
 
 from bnnflow.flow import CompileConfig, compile_model
-
-#: An 8-bit input quantizer's levels: pixel p -> round((p - 127.5) / 2), in -64..64.
-LEVELS = tuple(int(v) for v in np.rint((np.arange(256) - 127.5) / 2))
+from bnnflow.synthetic import ARCHITECTURES
 
 #: LeNet-like: 28x28 8-bit input, integer-input conv with zero padding, -1 and +1 padded
 #: convs, a stride-2 conv, two pools, two dense layers.
-LENET = [("conv", 16, 3, 1, 1, 0), ("pool", 2, 2), ("conv", 32, 3, 1, 1, -1), ("pool", 2, 2),
-         ("conv", 32, 3, 2, 1, 1), ("dense", 64), ("dense", 10)]
+LENET = ARCHITECTURES["lenet"][1]
 
 
 def simulate_build(net, build, pixels, **kw):
@@ -37,11 +34,28 @@ def simulate_build(net, build, pixels, **kw):
 def test_lenet_like_simulates_bit_exact(tmp_path):
     net = random_conv_net((1, 28, 28), LENET, seed=11, levels=LEVELS, name="lenet")
     build = tmp_path / "build"
-    compile_model(CompileConfig(tmp_path / "lenet", build), net=net)
+    state = compile_model(CompileConfig(tmp_path / "lenet", build), net=net)
     pixels = np.random.default_rng(3).integers(0, 256, (100, 1, 28, 28))
     out, manifest = simulate_build(net, build, pixels)
     assert out["mismatches"] == 0 and out["frames"] == 100
-    assert out["cycles_per_frame"] == pytest.approx(manifest["cycles_per_frame"], rel=0.05)
+    assert out["cycles_per_frame"] == pytest.approx(manifest["cycles_per_frame"], rel=0.02)
+    assert_bottleneck_never_blocked(state, out)
+
+
+def assert_bottleneck_never_blocked(state, out):
+    """The slowest layers' outputs never waited on the next block over the watched frames."""
+    cycles = state.folding.layer_cycles(state.net, manifest_elems(state))
+    slowest = max(cycles.values())
+    assert out["steady_cycles_watched"] >= 4 * slowest
+    for index, layer in enumerate(state.net.layers):
+        if cycles[layer.name] == slowest:
+            assert out["blocked_cycles"][f"layer{index}"] == 0, layer.name
+
+
+def manifest_elems(state):
+    from bnnflow.hw.core import stream_elems
+
+    return stream_elems(state.net, 8)
 
 
 @pytest.mark.sim
@@ -58,7 +72,8 @@ def test_cnv_simulates_bit_exact(tmp_path):
     pixels = np.random.default_rng(4).integers(0, 256, (100, 3, 32, 32)).astype(np.uint8)
     out, manifest = simulate_build(state.net, build, to_pixels(state.net, pixels))
     assert out["mismatches"] == 0 and out["frames"] == 100
-    assert out["cycles_per_frame"] == pytest.approx(manifest["cycles_per_frame"], rel=0.05)
+    assert out["cycles_per_frame"] == pytest.approx(manifest["cycles_per_frame"], rel=0.02)
+    assert_bottleneck_never_blocked(state, out)
 
 
 def test_input_frames_and_pixels():
