@@ -35,6 +35,7 @@ from pathlib import Path
 from amaranth.back import verilog
 from amaranth.hdl import Module
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -228,6 +229,8 @@ class BnnCore(wiring.Component):
             upstream, eb = pixels.o_stream, pixels.level_bits
         pixel_order = False  # the stream carries (C, H, W) activations as HWC pixels
         for index, (layer, shape) in enumerate(zip(net.layers, net.shapes(), strict=False)):
+            if index > 0 and isinstance(layer, (Conv, MaxPool)):
+                upstream = _row_fifo(m, upstream, layer, elems, f"fifo{index}")
             if isinstance(layer, MaxPool):
                 block = MaxPoolUnit(layer.in_shape, layer.kernel, layer.stride, elems)
                 m.submodules[f"layer{index}"] = block
@@ -259,6 +262,39 @@ class BnnCore(wiring.Component):
         wiring.connect(m, upstream, argmax.i_stream)
         wiring.connect(m, argmax.o_stream, wiring.flipped(self.m_axis))
         return m
+
+
+#: Largest stream FIFO in front of a window or pool, in beats.
+MAX_FIFO_DEPTH = 1024
+
+
+def fifo_depth(layer, elems: int) -> int:
+    """Beats of the FIFO in front of a sliding window or max-pool: one row of its input.
+
+    A window or pool takes its input in bursts (it stops while it emits the windows of a row,
+    or while the next block is busy), and the producer before it would stall during them; a
+    row of buffering lets the producer run at its own steady rate.
+    """
+    c, _, w = layer.in_shape
+    return max(4, min(MAX_FIFO_DEPTH, w * -(-c // elems)))
+
+
+def _row_fifo(m: Module, upstream, layer, elems: int, name: str):
+    """Put a :func:`fifo_depth` FIFO after ``upstream``; returns its output stream."""
+    width = len(upstream.payload.as_value())
+    m.submodules[name] = fifo = SyncFIFOBuffered(width=width, depth=fifo_depth(layer, elems))
+    m.d.comb += [
+        fifo.w_stream.payload.eq(upstream.payload.as_value()),
+        fifo.w_stream.valid.eq(upstream.valid),
+        upstream.ready.eq(fifo.w_stream.ready),
+    ]
+    out = stream.Signature(beat_layout(width - 1)).create(path=(name, "out"))
+    m.d.comb += [
+        out.payload.eq(fifo.r_stream.payload),
+        out.valid.eq(fifo.r_stream.valid),
+        fifo.r_stream.ready.eq(out.ready),
+    ]
+    return out
 
 
 def generate_verilog(net: Network, folding: Folding, path, in_width: int = 8,

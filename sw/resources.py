@@ -74,6 +74,7 @@ LUT_COEF: dict[str, float] = {
     "swu.mem_luts": 1.0,
     "pool.width": 27.5354,
     "pixels.rom_luts": 1.0,
+    "fifo.luts": 1.0,
 }
 FF_COEF: dict[str, float] = {
     "mvtu.const": 0.0,
@@ -89,6 +90,7 @@ FF_COEF: dict[str, float] = {
     "swu.mem_regs": 1.0,
     "pool.width": 1.0,
     "pixels.regs": 1.0,
+    "fifo.regs": 1.0,
 }
 
 #: Coefficients fitted against Yosys; the rest are structural priors (1 per counted bit).
@@ -425,6 +427,26 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
     return {"lut": lut, "ff": ff, "ebr": mem.ebr}
 
 
+def _fifo(layer, elems: int) -> dict:
+    """Counted structures of the row FIFO in front of a window or pool that is not first
+    (:func:`bnnflow.hw.core.fifo_depth`; Amaranth's ``SyncFIFOBuffered``). Not calibrated:
+    its memory as Yosys maps it, two pointers and a level counter, and the output register."""
+    from bnnflow.hw.core import fifo_depth
+
+    width, depth = elems + 1, fifo_depth(layer, elems)
+    mem = memory_map(width, depth, writable=True)
+    mem_luts = 0.0
+    if mem.kind == "lutram":
+        mem_luts = 6 * ceil(width / 4) * ceil(depth / 16) + width * rom_luts(ceil(depth / 16))
+    elif mem.kind == "logic":
+        mem_luts = width * (rom_luts(depth) + 1)
+    counters = 3 * _bits(depth + 1)
+    return {"lut": {"fifo.luts": mem_luts + 2 * counters},
+            "ff": {"fifo.regs": counters + 2 * width + (width * depth if mem.kind == "logic"
+                                                         else 0)},
+            "ebr": mem.ebr}
+
+
 def _merge(*dicts: Mapping[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for d in dicts:
@@ -473,13 +495,17 @@ def block_features(net: Network, folding: Folding, in_width: int = 8,
                          "ff": {"pixels.regs": elems * eb + 2}})
     bound = net.input.max_level
     pixel_order = False  # as in BnnCore: activations travel as HWC pixels after a conv
-    for layer, shape in zip(net.layers, net.shapes(), strict=False):
+    for index, (layer, shape) in enumerate(zip(net.layers, net.shapes(), strict=False)):
+        fifo = {"lut": {}, "ff": {}, "ebr": 0}
+        if index > 0 and isinstance(layer, (Conv, MaxPool)):
+            fifo = _fifo(layer, elems)
         if isinstance(layer, MaxPool):
             win = _window(layer.in_shape, layer.kernel, layer.stride, 0, elems, 1)
             width = elems
-            blocks.append({"name": layer.name, "kind": "pool", "buffer_ebr": win["ebr"],
-                           "lut": _merge(win["lut"], {"pool.width": width}),
-                           "ff": _merge(win["ff"], {"pool.width": width})})
+            blocks.append({"name": layer.name, "kind": "pool",
+                           "buffer_ebr": win["ebr"] + fifo["ebr"],
+                           "lut": _merge(win["lut"], {"pool.width": width}, fifo["lut"]),
+                           "ff": _merge(win["ff"], {"pool.width": width}, fifo["ff"])})
             continue
         f = folding[layer.name]
         layer_eb = eb if layer.integer_input else 1
@@ -501,8 +527,9 @@ def block_features(net: Network, folding: Folding, in_width: int = 8,
         if isinstance(layer, Conv):
             win = _window(layer.in_shape, layer.kernel, layer.stride, layer.padding, elems,
                           layer_eb)
-            entry.update(kind="conv", buffer_ebr=win["ebr"], lut=_merge(unit["lut"], win["lut"]),
-                         ff=_merge(unit["ff"], win["ff"]))
+            entry.update(kind="conv", buffer_ebr=win["ebr"] + fifo["ebr"],
+                         lut=_merge(unit["lut"], win["lut"], fifo["lut"]),
+                         ff=_merge(unit["ff"], win["ff"], fifo["ff"]))
         blocks.append(entry)
         elems, eb = f.pe, 1
     final = net.layers[-1]

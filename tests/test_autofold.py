@@ -20,7 +20,7 @@ def fold(net, board, in_width=32, **kw):
 
 @pytest.mark.parametrize("name, board", [("tfc", "ulx3s-25f"), ("tfc", "ulx3s-85f"),
                                          ("sfc", "ulx3s-25f"), ("sfc", "ulx3s-85f"),
-                                         ("cnv", "ulx3s-45f"), ("cnv", "ulx3s-85f")])
+                                         ("cnv", "ulx3s-85f")])
 def test_largest_fitting_folding(name, board):
     net = zoo_net(name)
     width = 24 if name == "cnv" else 32
