@@ -244,7 +244,8 @@ def _check_timing(report, board, out, allow_timing_fail) -> None:
 #: read/write collision bypass multiplexer. ``read_rtlil`` ignores the attribute that
 #: ``read_verilog`` honours, and Amaranth's RTLIL always asks for the bypass; without it the
 #: block RAM's output goes straight into a flip-flop (about 7 ns instead of 7.7 ns at -6).
-NO_RW_CHECK = "memory_collect\nsetparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i"
+#: ``proc`` first, as ``synth_ecp5`` would, so ``memory_collect`` sees every module.
+NO_RW_CHECK = "proc\nmemory_collect\nsetparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i"
 
 
 def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
