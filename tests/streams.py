@@ -18,7 +18,7 @@ import random
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
-__all__ = ["send", "recv", "rule_checker", "run"]
+__all__ = ["send", "recv", "rule_checker", "run", "uart_send", "uart_recv"]
 
 
 async def send(ctx, stream, beats, *, rng: random.Random | None = None, idle: float = 0.0,
@@ -106,3 +106,28 @@ def run(dut, *testbenches, checked=(), background=(), vcd: str | None = None) ->
     else:
         with sim.write_vcd(vcd):
             sim.run()
+
+
+async def uart_send(ctx, pin, data, divisor):
+    for byte in data:
+        for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
+            ctx.set(pin, bit)
+            await ctx.tick().repeat(divisor)
+
+
+async def uart_recv(ctx, pin, divisor):
+    """One byte from ``pin``; returns it and the cycles waited for its start bit."""
+    waited = 0
+    while True:
+        _, _, level = await ctx.tick().sample(pin)
+        if not level:
+            break
+        waited += 1
+    await ctx.tick().repeat(divisor // 2)
+    byte = 0
+    for i in range(8):
+        await ctx.tick().repeat(divisor)
+        byte |= ctx.get(pin) << i
+    await ctx.tick().repeat(divisor)
+    assert ctx.get(pin) == 1
+    return byte, waited

@@ -8,7 +8,7 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib.wiring import connect
 from fakecore import FakeCore, byte_host
-from streams import run
+from streams import run, uart_recv, uart_send
 
 from bnnflow.hw.hostlink import HostLink, HostTop, generate_top_verilog
 from bnnflow.protocol import (
@@ -176,25 +176,6 @@ def test_response_bytes_match_host_encoder(escaped):
     assert (0x11 in exchange.wire) == (escaped == MINIMAL_ESCAPED)  # the seq of both frames
 
 
-async def uart_send(ctx, pin, data, divisor):
-    for byte in data:
-        for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
-            ctx.set(pin, bit)
-            await ctx.tick().repeat(divisor)
-
-
-async def uart_recv(ctx, pin, divisor):
-    await ctx.tick().until(pin == 0)
-    await ctx.tick().repeat(divisor // 2)
-    byte = 0
-    for i in range(8):
-        await ctx.tick().repeat(divisor)
-        byte |= ctx.get(pin) << i
-    await ctx.tick().repeat(divisor)
-    assert ctx.get(pin) == 1
-    return byte
-
-
 def test_hosttop_through_uart_pins():
     divisor = 4
     core = FakeCore(N_INPUTS, CLASSES)
@@ -212,7 +193,7 @@ def test_hosttop_through_uart_pins():
     async def host_rx(ctx):
         decoder = FrameDecoder()
         while len(events) < 2:
-            events.extend(decoder.feed(bytes([await uart_recv(ctx, top.tx, divisor)])))
+            events.extend(decoder.feed(bytes([(await uart_recv(ctx, top.tx, divisor))[0]])))
 
     run(top, host_tx, host_rx)
     assert DeviceInfo.unpack(events[0].payload) == top.info

@@ -9,7 +9,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 from fakecore import FakeCore, byte_host
-from streams import run
+from streams import run, uart_recv, uart_send
 
 from bnnflow.hw.framing import bank_words
 from bnnflow.hw.hostlink import HostLink, HostTop, core_in_layout, core_out_layout
@@ -120,31 +120,6 @@ def test_replay_rejects_bad_requests():
                           error(5, ErrorCode.OVERFLOW)]
     assert ReplaySummary.unpack(events[5].payload).frames == 20
     assert len(log["in"]) == 3 * 10 * 3
-
-
-async def uart_send(ctx, pin, data, divisor):
-    for byte in data:
-        for bit in [0] + [(byte >> i) & 1 for i in range(8)] + [1]:
-            ctx.set(pin, bit)
-            await ctx.tick().repeat(divisor)
-
-
-async def uart_recv(ctx, pin, divisor):
-    """One byte from ``pin``; returns it and the cycles waited for its start bit."""
-    waited = 0
-    while True:
-        _, _, level = await ctx.tick().sample(pin)
-        if not level:
-            break
-        waited += 1
-    await ctx.tick().repeat(divisor // 2)
-    byte = 0
-    for i in range(8):
-        await ctx.tick().repeat(divisor)
-        byte |= ctx.get(pin) << i
-    await ctx.tick().repeat(divisor)
-    assert ctx.get(pin) == 1
-    return byte, waited
 
 
 def test_two_outstanding_requests_keep_tx_busy():
