@@ -14,6 +14,8 @@ from pathlib import Path
 
 from amaranth.lib import wiring
 
+from bnnflow.hw.fanout import DUP_SUFFIX
+
 from . import cache
 from .registry import BoardInfo, get_board
 from .toolchain import (
@@ -245,7 +247,13 @@ def _check_timing(report, board, out, allow_timing_fail) -> None:
 #: ``read_verilog`` honours, and Amaranth's RTLIL always asks for the bypass; without it the
 #: block RAM's output goes straight into a flip-flop (about 7 ns instead of 7.7 ns at -6).
 #: ``proc`` first, as ``synth_ecp5`` would, so ``memory_collect`` sees every module.
-NO_RW_CHECK = "proc\nmemory_collect\nsetparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i"
+NO_RW_CHECK = ("proc\nmemory_collect\n"
+               "setparam -set RD_COLLISION_X_MASK 1'1 t:$mem_v2 a:no_rw_check %i")
+
+#: Yosys script run after :data:`NO_RW_CHECK`: the flip-flops driving a wire named
+#: ``*_dup*`` (:func:`bnnflow.hw.fanout.replicated`) are marked ``keep``, so ``opt_merge``
+#: does not fold the copies of a high-fanout register back into one.
+KEEP_DUPLICATES = f"setattr -set keep 1 w:*{DUP_SUFFIX}* %ci1:+[Q] w:* %d"
 
 
 def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
@@ -263,7 +271,7 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
         nextpnr_opts += ["--seed", str(seed)]
     plan = board.platform().prepare(BoardTop(factory, board), name,
                                     debug_verilog=True, nextpnr_opts=nextpnr_opts,
-                                    script_after_read=NO_RW_CHECK)
+                                    script_after_read=NO_RW_CHECK + "\n" + KEEP_DUPLICATES)
     plan.extract(out)
     seconds["amaranth"] = time.perf_counter() - start
     progress("amaranth", seconds["amaranth"])

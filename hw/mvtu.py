@@ -8,13 +8,13 @@ slices, one ``(nf, sf)`` step per cycle, ``NF*SF`` cycles per vector (shared/DES
 
 Datapath, one register stage per line::
 
-    input beats ─► fill shift register ─► compute register (rotates by SIMD every step)
-    S0  issue (nf, sf): the step address nf*SF+sf
+    input beats ─► fill slots (one per beat) ─► compute register (rotates by SIMD every step)
+    S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  weight word of that step, registered; input bits (LUT ROM: their XNOR, see below)
     P1…Pk  PE adder trees over xnor(w, x), a register every 3 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
-    out threshold compare (or the counts) into the output beat at sf = SF-1
+    R   threshold compare (or the counts) at sf = SF-1, into the output queue
 
 Design choices:
 
@@ -27,16 +27,20 @@ Design choices:
   an 8-entry ROM together with the XNOR and the S2 register takes the XNOR bits; block RAM when
   it cycles through many, its read data registered once more in the fabric (S2). The
   threshold memory (``NF`` words) follows the same rule.
-* The input is double-buffered: the fill register collects vector ``k+1`` while the compute
-  register serves vector ``k``. The compute register rotates instead of being indexed, so the
-  SIMD slice is always its low bits and no ``SF``-way multiplexer is built; after ``SF`` steps it
-  is back in place for the next output group.
-* When the last beat of a vector arrives in the cycle the compute register frees up, it is
-  loaded straight from the incoming beat, so an input that takes exactly ``NF*SF`` beats per
-  vector does not lose a cycle per vector.
-* Stalls use one global enable, ``en = ~r_valid | ~skid_valid``: the whole compute pipeline,
-  including the synchronous memory reads, advances together. ``i.ready`` is ``~full``, a
-  register, so back-pressure never forms a combinational path from one block to the next.
+* The input is double-buffered: each beat of vector ``k+1`` lands in its own slot while the
+  compute register serves vector ``k``. The compute register rotates instead of being
+  indexed, so the SIMD slice is always its low bits and no ``SF``-way multiplexer is built;
+  after ``SF`` steps it is back in place for the next output group. A beat may land in the
+  slot the compute register is emptying in the same cycle, so an input that takes exactly
+  ``NF*SF`` beats per vector loses no cycle.
+* Credits instead of a stall enable: S0 issues the step that completes an output beat only
+  while it holds a credit, a free entry of the output queue (:meth:`queue_depth`), and every
+  stage behind S0 advances every cycle. Back-pressure from the next block reaches the credit
+  counter and nothing else; no enable fans out over the adder trees.
+* High fan-out control is replicated (:mod:`bnnflow.hw.fanout`): the compute register's load
+  and step decisions are flip-flops computed a cycle ahead, one copy per 64 bits; a LUT ROM's
+  address register has one copy per 64 ROM bits, the accumulator's enable and clear one per
+  64 accumulator bits. ``i.ready`` is ``~full | load``, both registers.
 * Weight and threshold words come from :mod:`bnnflow.packing`, the single definition of their
   bit order, whatever stores them.
 * An integer-input layer (``elem_bits > 1``) uses the same datapath on ``elem_bits``-bit signed
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -56,9 +61,10 @@ from bnnflow import packing
 from bnnflow.ir import Dense
 
 from . import storage
+from .fanout import FANOUT, copies_for, replicated
 from .popcount import adder_tree, popcount_width, tree_stages
 
-__all__ = ["beat_layout", "MVTU", "rom_value"]
+__all__ = ["beat_layout", "output_queue", "MVTU", "rom_value"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -75,6 +81,25 @@ def beat_layout(width: int) -> data.StructLayout:
         ``{"data": unsigned(width), "last": unsigned(1)}``.
     """
     return data.StructLayout({"data": unsigned(width), "last": unsigned(1)})
+
+
+def output_queue(m: Module, o: stream.Interface, depth: int) -> tuple[SyncFIFO, Signal]:
+    """A ``depth``-entry queue driving the output stream ``o`` of :func:`beat_layout`, and the
+    credit counter of its free entries.
+
+    The caller writes ``Cat(data, last)`` into the queue without looking at its ``w_rdy``: it
+    issues work only while it holds a credit, decrements ``credits`` for each beat it has
+    issued, and adds back one for every beat ``o`` transfers.
+    """
+    width = len(o.p.data)
+    m.submodules.queue = queue = SyncFIFO(width=width + 1, depth=depth)
+    m.d.comb += [
+        o.valid.eq(queue.r_rdy),
+        o.p.data.eq(queue.r_data[:width]),
+        o.p.last.eq(queue.r_data[width]),
+        queue.r_en.eq(o.ready),
+    ]
+    return queue, Signal(range(depth + 1), init=depth, name="credits")
 
 
 class MVTU(wiring.Component):
@@ -157,7 +182,15 @@ class MVTU(wiring.Component):
     @staticmethod
     def pipeline_latency(simd: int) -> int:
         """:attr:`latency` of an MVTU with ``simd`` inputs per step, whatever its storage."""
-        return 4 + tree_stages(simd) + 2
+        return 5 + tree_stages(simd) + 2
+
+    @staticmethod
+    def queue_depth(simd: int, sf: int) -> int:
+        """Entries of the output queue: enough beats for the results in flight while their
+        credits travel back (:attr:`latency` cycles plus the two of the credit loop), so the
+        pipeline never waits for a credit while the output is ready; between 2 and 16 (a
+        16-word queue is one LUT RAM per 4 bits)."""
+        return min(16, max(2, -(-(MVTU.pipeline_latency(simd) + 2) // sf) + 1))
 
     @property
     def cycles(self) -> int:
@@ -166,138 +199,135 @@ class MVTU(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        o = self.o_stream
+        i, o = self.i_stream, self.o_stream
         pe, simd, nf_n, sf_n = self.pe, self.simd, self.nf, self.sf
         eb = self.elem_bits
+        steps = nf_n * sf_n
+        width = self.mw * eb
 
-        # The pipeline's enable depends only on this block's own registers: the result
-        # register `r` hands its beats to the output through a skid buffer, whose registered
-        # `skid_valid` is all that back-pressure from the next block can reach. The next
-        # block's ready then drives a few output registers, not this block's thousands of
-        # clock enables.
-        r_valid, r_last = Signal(), Signal()
-        r_data = Signal(self.out_width)
-        skid_valid, skid_last = Signal(), Signal()
-        skid_data = Signal(self.out_width)
-        en = Signal()
-        m.d.comb += en.eq(~r_valid | ~skid_valid)
+        # Output queue. Only S0 ever waits: it issues the step that completes an output beat
+        # only with a credit, a free queue entry reserved for that beat, so everything behind
+        # S0 runs every cycle with no enable at all. Back-pressure from the next block reaches
+        # the credit counter and nothing else.
+        queue, credits = output_queue(m, o, self.queue_depth(simd, sf_n))
 
-        avail = Signal()  # a whole vector is in the fill register, or completes this cycle
-        vector = Signal(self.mw * eb)
-        load = Signal()  # the compute register takes that vector this cycle
-        self._fill(m, avail, vector, load)
-
-        # S0: issue one (nf, sf) step per enabled cycle while a vector is loaded.
-        busy = Signal()
-        addr = Signal(range(nf_n * sf_n))
+        # S0 state. `step` and `load` are registers holding this cycle's decisions, computed a
+        # cycle ahead from the next state, so the wide input register's enables come straight
+        # from (replicated) flip-flops.
+        busy, full = Signal(), Signal()
+        addr = Signal(range(steps))
         sf = Signal(range(sf_n))
         nf = Signal(range(nf_n))
-        x = Signal(self.mw * eb)
-        step = Signal()
-        final = Signal()
+        sf_last = Signal(init=sf_n == 1)
+        final = Signal(init=steps == 1)
+        step, load = Signal(), Signal()
+
+        take = Signal()
+        completing = Signal()
+        fill = self._fill(m, take, completing)
         m.d.comb += [
-            step.eq(busy & en),
-            final.eq(addr == nf_n * sf_n - 1),
-            load.eq(avail & (~busy | (step & final))),
+            i.ready.eq(~full | load),  # the beat lands in a slot the load empties this cycle
+            take.eq(i.valid & i.ready),
         ]
-        with m.If(step):
-            m.d.sync += [
-                x.eq(x.rotate_right(simd * eb)),
-                addr.eq(Mux(final, 0, addr + 1)),
-                sf.eq(Mux(sf == sf_n - 1, 0, sf + 1)),
-            ]
-            with m.If(sf == sf_n - 1):
-                m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
-            with m.If(final):
-                m.d.sync += busy.eq(0)
-        with m.If(load):
-            m.d.sync += [x.eq(vector), busy.eq(1)]
+
+        busy_n, full_n, step_n, load_n = Signal(), Signal(), Signal(), Signal()
+        addr_n, sf_n_, nf_n_ = Signal.like(addr), Signal.like(sf), Signal.like(nf)
+        credits_n = Signal.like(credits)
+        m.d.comb += [
+            full_n.eq((full & ~load) | completing),
+            busy_n.eq(load | (busy & ~(step & final))),
+            addr_n.eq(Mux(step, Mux(final, 0, addr + 1), addr)),
+            sf_n_.eq(Mux(step, Mux(sf_last, 0, sf + 1), sf)),
+            nf_n_.eq(Mux(step & sf_last, Mux(nf == nf_n - 1, 0, nf + 1), nf)),
+            credits_n.eq(credits - (step & sf_last) + (o.valid & o.ready)),
+            step_n.eq(busy_n & ((sf_n_ != sf_n - 1) | (credits_n != 0))),
+            load_n.eq(full_n & (~busy_n | (step_n & (addr_n == steps - 1)))),
+        ]
+        m.d.sync += [
+            full.eq(full_n), busy.eq(busy_n), addr.eq(addr_n), sf.eq(sf_n_), nf.eq(nf_n_),
+            sf_last.eq(sf_n_ == sf_n - 1), final.eq(addr_n == steps - 1),
+            credits.eq(credits_n), step.eq(step_n), load.eq(load_n),
+        ]
+
+        # The compute register takes the filled vector on `load` and rotates by one SIMD slice
+        # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk
+        # has its own copies of the two decisions.
+        x = Signal(width)
+        rotated = x.rotate_right(simd * eb)
+        chunks = copies_for(width)
+        ce = replicated(m, "x_ce", step_n | load_n, chunks)
+        ld = replicated(m, "x_load", load_n, chunks)
+        for k in range(chunks):
+            lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
+            with m.If(ce[k]):
+                m.d.sync += x[lo:hi].eq(Mux(ld[k], fill[lo:hi], rotated[lo:hi]))
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
-        lanes_in = self._weights(m, en, addr, x[:simd * eb])
+        lanes_in = self._weights(m, addr, x[:simd * eb])
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                    "nf": range(nf_n)})
         s1, s2 = Signal(flags), Signal(flags)
-        with m.If(en):
-            m.d.sync += [
-                s1.valid.eq(busy), s1.nf.eq(nf), s1.final.eq(final),
-                s1.first.eq(sf == 0), s1.last.eq(sf == sf_n - 1),
-                s2.eq(s1),
-            ]
+        m.d.sync += [
+            s1.valid.eq(step), s1.nf.eq(nf), s1.final.eq(final),
+            s1.first.eq(sf == 0), s1.last.eq(sf_last),
+            s2.eq(s1),
+        ]
 
         # S2..: per PE lane, the pipelined popcount of xnor(w, x) (or signed level sum).
         lane_shape = self.acc_shape if eb > 1 else unsigned(popcount_width(simd))
-        sums = [adder_tree(m, en, terms, lane_shape, f"lane{p}")
+        sums = [adder_tree(m, None, terms, lane_shape, f"lane{p}")
                 for p, terms in enumerate(lanes_in)]
         chain = [s2]
         for k in range(self.tree_stages):
             reg = Signal(flags, name=f"flags_p{k + 1}")
-            with m.If(en):
-                m.d.sync += reg.eq(chain[-1])
+            m.d.sync += reg.eq(chain[-1])
             chain.append(reg)
         tail = chain[-1]
 
-        # Accumulator stage: sum over sf. The threshold word of output group nf is addressed
-        # two stages ahead, so it arrives (registered) together with the group's final total.
+        # Accumulator stage: sum over sf, its enable and clear replicated per group of PEs.
+        # The threshold word of output group nf is addressed two stages ahead, so it arrives
+        # (registered) together with the group's final total.
         acc = Signal(data.ArrayLayout(self.acc_shape, pe))
+        per = max(1, FANOUT // self.acc_shape.width)
+        groups = -(-pe // per)
+        valid = replicated(m, "acc_valid", chain[-2].valid, groups)
+        first = replicated(m, "acc_first", chain[-2].first, groups)
         a = Signal(flags)
-        with m.If(en):
-            m.d.sync += a.eq(tail)
-            with m.If(tail.valid):
-                m.d.sync += [acc[p].eq(Mux(tail.first, 0, acc[p]) + sums[p]) for p in range(pe)]
-        # Built outside `If(en)`: comb drives of the threshold port placed under a condition
-        # would fall back to their defaults (en = 1, addr = 0) during a stall.
-        lanes = self._activate(m, en, chain[-2].nf, acc)
+        m.d.sync += a.eq(tail)
+        for p in range(pe):
+            with m.If(valid[p // per]):
+                m.d.sync += acc[p].eq(Mux(first[p // per], 0, acc[p]) + sums[p])
+        lanes = self._activate(m, chain[-2].nf, acc)
 
-        # Result register: threshold compare (or the counts) of the completed group.
-        with m.If(en):
-            m.d.sync += [
-                r_valid.eq(a.valid & a.last),
-                r_data.eq(lanes),
-                r_last.eq(a.final),
-            ]
-        # Skid buffer: the output register takes the result (or the skid's beat, which is
-        # older) when it is empty or being read; otherwise the result waits in the skid.
-        out_free = Signal()
-        m.d.comb += out_free.eq(~o.valid | o.ready)
-        with m.If(out_free):
-            m.d.sync += o.valid.eq(skid_valid | r_valid)
-            with m.If(skid_valid):
-                m.d.sync += [o.p.data.eq(skid_data), o.p.last.eq(skid_last), skid_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [o.p.data.eq(r_data), o.p.last.eq(r_last)]
-        # The result register hands its beat on exactly when the pipeline advances with a
-        # valid result (en with r_valid, i.e. an empty skid); with the output busy, it waits in
-        # the skid.
-        with m.If(r_valid & ~skid_valid & ~out_free):
-            m.d.sync += [skid_valid.eq(1), skid_data.eq(r_data), skid_last.eq(r_last)]
+        # Result register: threshold compare (or the counts) of the completed group, into the
+        # queue, which has room for it by the credit its step took.
+        r_valid, r_last = Signal(), Signal()
+        r_data = Signal(self.out_width)
+        m.d.sync += [r_valid.eq(a.valid & a.last), r_data.eq(lanes), r_last.eq(a.final)]
+        m.d.comb += [queue.w_en.eq(r_valid), queue.w_data.eq(Cat(r_data, r_last))]
         return m
 
-    def _weights(self, m: Module, en: Value, addr: Value, x: Value) -> list[list[Value]]:
+    def _weights(self, m: Module, addr: Value, x: Value) -> list[list[Value]]:
         """Stages S1 and S2: the terms each PE lane sums, one per SIMD input.
 
-        The weight word of step ``addr`` is registered two enabled cycles later, whatever its
-        storage (:meth:`_storage`), together with the input slice ``x`` delayed beside it.
+        The weight word of step ``addr`` is registered two cycles later, whatever its storage
+        (:meth:`_storage`), together with the input slice ``x`` delayed beside it.
         """
         pe, simd, eb = self.pe, self.simd, self.elem_bits
         words = packing.weight_words(self.layer.weights, pe, simd)
         s1_x, s2_x = Signal(simd * eb), Signal(simd * eb)
-        with m.If(en):
-            m.d.sync += s1_x.eq(x)
+        m.d.sync += s1_x.eq(x)
         kind = self.weight_storage
         if kind == "lut" and eb == 1:
             # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S2
             # register takes the XNOR bits, so the input slice needs no second register.
-            s1_addr = Signal.like(addr)
             s2_bits = Signal(pe * simd)
-            rom = rom_value(words, pe * simd, s1_addr)
-            with m.If(en):
-                m.d.sync += [s1_addr.eq(addr), s2_bits.eq(~(rom ^ s1_x.replicate(pe)))]
+            rom = _rom(m, "weights", words, pe * simd, addr)
+            m.d.sync += s2_bits.eq(~(rom ^ s1_x.replicate(pe)))
             return [[s2_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        with m.If(en):
-            m.d.sync += s2_x.eq(s1_x)
-        w = self._storage(m, en, "weights", kind, words, pe * simd, addr)
+        m.d.sync += s2_x.eq(s1_x)
+        w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
         if eb == 1:
             return [[~(w_lanes[p][s] ^ s2_x[s]) for s in range(simd)] for p in range(pe)]
@@ -311,9 +341,9 @@ class MVTU(wiring.Component):
         return out
 
     @staticmethod
-    def _storage(m: Module, en: Value, name: str, kind: str, words: list[int], width: int,
+    def _storage(m: Module, name: str, kind: str, words: list[int], width: int,
                  addr: Value) -> Value:
-        """Word ``addr`` of a ROM stored as ``kind``, registered two enabled cycles later.
+        """Word ``addr`` of a ROM stored as ``kind``, registered two cycles later.
 
         Block RAM: the synchronous read, then a fabric register. An ECP5 DP16KD read without
         its output register has a clock-to-output delay of about 6 ns, and its word fans out
@@ -324,49 +354,38 @@ class MVTU(wiring.Component):
             return Const(words[0], width)
         word = Signal(width, name=f"{name}_word")
         if kind == "lut":
-            s1_addr = Signal.like(addr, name=f"{name}_addr")
-            with m.If(en):
-                m.d.sync += [s1_addr.eq(addr), word.eq(rom_value(words, width, s1_addr))]
+            m.d.sync += word.eq(_rom(m, name, words, width, addr))
             return word
         # Yosys would otherwise turn a wide, shallow ROM into logic; block RAM is the point here.
         m.submodules[name] = mem = Memory(shape=unsigned(width), depth=len(words), init=words,
                                           attrs={"ram_style": "block", "rom_style": "block"})
         port = mem.read_port()
-        m.d.comb += [port.addr.eq(addr), port.en.eq(en)]
-        with m.If(en):
-            m.d.sync += word.eq(port.data)
+        m.d.comb += port.addr.eq(addr)
+        m.d.sync += word.eq(port.data)
         return word
 
-    def _fill(self, m: Module, avail: Signal, vector: Signal, load: Signal) -> None:
-        """Collect input beats into a vector: the write side of the double buffer."""
+    def _fill(self, m: Module, take: Value, completing: Signal) -> Signal:
+        """Collect input beats into a vector: the write side of the double buffer.
+
+        Beat ``j`` of a vector goes to slot ``j``, ``in_width`` bits at bit ``j*in_width``, so
+        beat 0 sits at bit 0 and the pad bits of the last beat above bit MW, where nothing
+        reads them. Each slot has its own write enable (no shift register whose every bit
+        hangs on one enable). Returns the slots; ``completing`` is driven high when ``take``
+        brings a vector's last beat.
+        """
         i = self.i_stream
         width, beats = self.in_width, self.beats
-        # Beats enter at the top and shift down, so after `beats` of them beat 0 sits at bit 0
-        # and the pad bits of the last beat sit above bit MW, where nothing reads them.
         fill = Signal(width * beats)
-        shifted = Cat(fill[width:], i.p.data)
         count = Signal(range(beats))
-        full = Signal()
-        take = Signal()
-        completing = Signal()
-        m.d.comb += [
-            i.ready.eq(~full),
-            take.eq(i.valid & ~full),
-            completing.eq(take & (count == beats - 1)),
-            avail.eq(full | completing),
-            vector.eq(Mux(full, fill, shifted)),
-        ]
+        m.d.comb += completing.eq(take & (count == beats - 1))
         with m.If(take):
-            m.d.sync += [
-                fill.eq(shifted),
-                count.eq(Mux(count == beats - 1, 0, count + 1)),
-            ]
-        with m.If(load):
-            m.d.sync += full.eq(0)
-        with m.Elif(completing):
-            m.d.sync += full.eq(1)
+            m.d.sync += count.eq(Mux(count == beats - 1, 0, count + 1))
+        for j in range(beats):
+            with m.If(take & (count == j)):
+                m.d.sync += fill[j * width:(j + 1) * width].eq(i.p.data)
+        return fill
 
-    def _activate(self, m: Module, en: Value, nf: Value, total: Value) -> Value:
+    def _activate(self, m: Module, nf: Value, total: Value) -> Value:
         """The output lanes for the accumulated counts ``total``; ``nf`` is the output group
         two stages ahead, so its threshold word arrives together with ``total``."""
         if self.layer.is_scores:
@@ -378,10 +397,23 @@ class MVTU(wiring.Component):
             tshape = unsigned(packing.threshold_bits(self.mw))
             init = packing.threshold_words(self.layer.thresholds, self.mw, self.pe)
         lane = data.StructLayout({"t": tshape, "invert": unsigned(1)})
-        word = self._storage(m, en, "thresholds", storage.weight_storage(self.nf), init,
+        word = self._storage(m, "thresholds", storage.weight_storage(self.nf), init,
                              self.pe * lane.size, nf)
         t_lanes = data.View(data.ArrayLayout(lane, self.pe), word)
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
+
+
+def _rom(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:
+    """Word ``addr`` of a LUT ROM one cycle later: the address is registered in one copy per
+    :data:`~bnnflow.hw.fanout.FANOUT` data bits, each looking up its own bits."""
+    chunks = copies_for(width)
+    regs = replicated(m, f"{name}_addr", addr, chunks)
+    parts = []
+    for k, reg in enumerate(regs):
+        lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
+        mask = (1 << (hi - lo)) - 1
+        parts.append(rom_value([(w >> lo) & mask for w in words], hi - lo, reg))
+    return Cat(parts)
 
 
 def rom_value(words: list[int], width: int, addr: Value) -> Value:

@@ -82,7 +82,7 @@ def tree_stages(n: int, levels_per_stage: int = LEVELS_PER_STAGE) -> int:
     return max(1, -(-tree_levels(n) // levels_per_stage))
 
 
-def adder_tree(m: Module, en: Value, terms: list[Value], shape, name: str,
+def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str,
                levels_per_stage: int = LEVELS_PER_STAGE) -> Signal:
     """The registered sum of ``terms``, pipelined every ``levels_per_stage`` adder levels.
 
@@ -96,7 +96,8 @@ def adder_tree(m: Module, en: Value, terms: list[Value], shape, name: str,
     m
         Module the registers are added to.
     en
-        Stage enable: every register of the tree advances only while it is high.
+        Stage enable: every register of the tree advances only while it is high; ``None``
+        for a tree that advances every cycle.
     terms
         The addends, unsigned or signed values (one bit each for a popcount).
     shape
@@ -127,7 +128,11 @@ def adder_tree(m: Module, en: Value, terms: list[Value], shape, name: str,
             # Each partial sum keeps the width Amaranth gave it: no adder is wider than needed.
             regs = [Signal(Value.cast(t).shape(), name=f"{name}_l{level}_{k}")
                     for k, t in enumerate(terms)]
-        with m.If(en):
-            m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
+        updates = [r.eq(t) for r, t in zip(regs, terms, strict=True)]
+        if en is None:
+            m.d.sync += updates
+        else:
+            with m.If(en):
+                m.d.sync += updates
         terms = regs
     return terms[0]

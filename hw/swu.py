@@ -19,21 +19,28 @@ Design choices:
   reader starts an output row once the rows it needs are complete, and releases the rows it
   has passed when it moves on (all remaining rows of the frame after the last output row, so a
   frame's unused bottom rows are consumed too).
-* The read side is a two-stage pipeline (address, then memory data) under one enable,
-  ``en = ~o.valid | o.ready``, like the MVTU; ``i.ready`` and ``o.valid`` are registers or
-  functions of registers, so no combinational path crosses the unit.
+* The read side keeps its ring address incrementally: every step of the walk over
+  ``(oy, ox, ky, kx, b)`` moves it by one of five constants, so no multiplier or long address
+  sum sits between two registers. Only the issue stage waits, for a credit (a free entry of the
+  small output queue) and for the rows it needs; the read pipeline behind it never stalls, and
+  ``i.ready`` and ``o.valid`` are registers or functions of registers, so no combinational
+  path crosses the unit.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .mvtu import beat_layout
+from .mvtu import beat_layout, output_queue
 
-__all__ = ["SlidingWindow"]
+__all__ = ["SlidingWindow", "QUEUE_DEPTH"]
+
+#: Entries of the output queue: a credit comes back four cycles after its beat was issued
+#: (issue, memory read, data register, queue), so six keep one beat per cycle.
+QUEUE_DEPTH = 6
 
 
 class SlidingWindow(wiring.Component):
@@ -123,50 +130,61 @@ class SlidingWindow(wiring.Component):
             ]
         m.d.sync += done.eq(done + row_done - release)
 
-        # Reader, stage S0: counters over (oy, ox, ky, kx, b) and the read address.
-        en = Signal()
-        m.d.comb += en.eq(~o.valid | o.ready)
+        # Reader. Everything the read address needs is kept incrementally: the walk over
+        # (oy, ox, ky, kx, b) moves the ring address by one of five constants (next beat, next
+        # window row, next window, next output row, next frame), so S0 is one add and a wrap,
+        # with no multiplier. The rows an output row needs and the rows it releases depend on
+        # `oy` alone and come from tables.
+        ow, oh = self.ow, self.oh
         b = Signal(range(nb))
         kx, ky = Signal(range(k)), Signal(range(k))
-        ox, oy = Signal(range(self.ow)), Signal(range(self.oh))
+        ox, oy = Signal(range(ow)), Signal(range(oh))
         ix0 = Signal(range(-p, w + s + 1), init=-p)  # input column of the window's kx = 0
         iy0 = Signal(range(-p, h + s + 1), init=-p)
-        top = Signal(range(depth))  # address of input row `low`, the first row still held
-        low = Signal(range(h + s + 1))
-        span = Signal(range(-h - s - k, h + s + k + 1))
-        bottom = iy0 + k - 1
-        last_row = oy == self.oh - 1
-        m.d.comb += [
-            low.eq(Mux(iy0 < 0, 0, iy0)),
-            span.eq(Mux(last_row, h, Mux(bottom > h - 1, h - 1, bottom) + 1) - low),
-        ]
-        issue = Signal()
-        m.d.comb += issue.eq(en & (done >= span))
+        raddr = Signal(range(depth), init=self._address(0, 0, 0, 0, 0))
+        need_tab, release_tab = self._row_tables()
+        need = Array(Const(v, range(self.rows + 1)) for v in need_tab)[oy]
 
-        iy, ix = iy0 + ky, ix0 + kx
-        pad = Signal()
-        m.d.comb += pad.eq((iy < 0) | (iy >= h) | (ix < 0) | (ix >= w))
-        row = Signal(range(2 * depth))
-        m.d.comb += [
-            row.eq(top + (iy - low) * rw),  # valid when not padded: 0 <= iy - low < k
-            rd.addr.eq(Mux(row >= depth, row - depth, row) + ix * nb + b),
-            rd.en.eq(en),
-        ]
+        # Only S0 waits: it issues a beat with a credit, a free entry of the output queue, so
+        # the read pipeline behind it runs every cycle.
+        queue, credits = output_queue(m, o, QUEUE_DEPTH)
+        has_credit = Signal(init=1)
+        issue = Signal()
+        m.d.comb += issue.eq(has_credit & (done >= need))
+        credits_n = Signal.like(credits)
+        m.d.comb += credits_n.eq(credits - issue + (o.valid & o.ready))
+        m.d.sync += [credits.eq(credits_n), has_credit.eq(credits_n != 0)]
 
         last_b, last_kx, last_ky = b == nb - 1, kx == k - 1, ky == k - 1
-        last_ox = ox == self.ow - 1
-        win_last = last_b & last_kx & last_ky
-        next_low = Signal.like(low)
-        m.d.comb += next_low.eq(Mux(iy0 + s < 0, 0, iy0 + s))
+        last_ox, last_row = ox == ow - 1, oy == oh - 1
+        row_end = last_b & last_kx
+        win_last = row_end & last_ky
         with m.If(issue & win_last & last_ox):
-            m.d.comb += release.eq(Mux(last_row, h, next_low) - low)
-        new_top = Signal(range(2 * depth))
-        m.d.comb += new_top.eq(top + release * rw)
+            m.d.comb += release.eq(Array(Const(v, range(self.rows + 1))
+                                         for v in release_tab)[oy])
+        deltas = self._deltas()
+        delta = Signal(range(depth))
+        with m.If(~row_end):
+            m.d.comb += delta.eq(deltas[0])
+        with m.Elif(~last_ky):
+            m.d.comb += delta.eq(deltas[1])
+        with m.Elif(~last_ox):
+            m.d.comb += delta.eq(deltas[2])
+        with m.Elif(~last_row):
+            m.d.comb += delta.eq(deltas[3])
+        with m.Else():
+            m.d.comb += delta.eq(deltas[4])
+        ahead = Signal(range(2 * depth))
+        wrapped = Signal(range(-depth, depth))
+        m.d.comb += [ahead.eq(raddr + delta), wrapped.eq(raddr + delta - depth)]
         with m.If(issue):
-            m.d.sync += b.eq(Mux(last_b, 0, b + 1))
+            m.d.sync += [
+                raddr.eq(Mux(wrapped < 0, ahead, wrapped)),
+                b.eq(Mux(last_b, 0, b + 1)),
+            ]
             with m.If(last_b):
                 m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
-            with m.If(last_b & last_kx):
+            with m.If(row_end):
                 m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
             with m.If(win_last):
                 m.d.sync += [
@@ -177,17 +195,59 @@ class SlidingWindow(wiring.Component):
                 m.d.sync += [
                     oy.eq(Mux(last_row, 0, oy + 1)),
                     iy0.eq(Mux(last_row, -p, iy0 + s)),
-                    top.eq(Mux(new_top >= depth, new_top - depth, new_top)),
                 ]
 
-        # S1: the memory word (or the pad value) and its flags; then the output register.
+        iy, ix = iy0 + ky, ix0 + kx
+        pad = Signal()
+        m.d.comb += [
+            pad.eq((iy < 0) | (iy >= h) | (ix < 0) | (ix >= w)),
+            rd.addr.eq(raddr),
+        ]
+
+        # S1: the memory reads (its data register may sit in the block RAM); S2: the raw word,
+        # registered again, then the pad value chosen on the way into the queue.
         s1_valid, s1_pad, s1_last = Signal(), Signal(), Signal()
+        s2_valid, s2_pad, s2_last = Signal(), Signal(), Signal()
+        s2_data = Signal(self.width)
         pad_word = Const((1 << self.width) - 1 if self.pad_bit else 0, self.width)
-        with m.If(en):
-            m.d.sync += [
-                s1_valid.eq(issue), s1_pad.eq(pad), s1_last.eq(win_last),
-                o.valid.eq(s1_valid),
-                o.p.data.eq(Mux(s1_pad, pad_word, rd.data)),
-                o.p.last.eq(s1_last),
-            ]
+        m.d.sync += [
+            s1_valid.eq(issue), s1_pad.eq(pad), s1_last.eq(win_last),
+            s2_valid.eq(s1_valid), s2_pad.eq(s1_pad), s2_last.eq(s1_last),
+            s2_data.eq(rd.data),
+        ]
+        m.d.comb += [
+            queue.w_en.eq(s2_valid),
+            queue.w_data.eq(Cat(Mux(s2_pad, pad_word, s2_data), s2_last)),
+        ]
         return m
+
+    def _address(self, oy: int, ox: int, ky: int, kx: int, b: int, frame: int = 0) -> int:
+        """Ring address of beat ``b`` of input pixel ``(oy*s - p + ky, ox*s - p + kx)`` of frame
+        ``frame``, counting rows outside the image as if they were stored (mod the depth)."""
+        iy = oy * self.s - self.p + ky + frame * self.h
+        ix = ox * self.s - self.p + kx
+        return (iy * self.row_words + ix * self.b + b) % self.depth
+
+    def _deltas(self) -> list[int]:
+        """Address steps of the walk: next beat of a window row, next window row, next window,
+        next output row, next frame (mod the depth)."""
+        k, nb, ow, oh = self.k, self.b, self.ow, self.oh
+        a = self._address
+        here = [a(0, 0, 0, 0, 0), a(0, 0, 0, k - 1, nb - 1), a(0, 0, k - 1, k - 1, nb - 1),
+                a(0, ow - 1, k - 1, k - 1, nb - 1), a(oh - 1, ow - 1, k - 1, k - 1, nb - 1)]
+        there = [a(0, 0, 0, 0, 1) if nb > 1 else a(0, 0, 0, 1, 0),
+                 a(0, 0, 1, 0, 0), a(0, 1, 0, 0, 0), a(1, 0, 0, 0, 0), a(0, 0, 0, 0, 0, 1)]
+        return [(t - h) % self.depth for h, t in zip(here, there, strict=True)]
+
+    def _row_tables(self) -> tuple[list[int], list[int]]:
+        """Per output row ``oy``: the complete rows the reader needs before it starts the row,
+        and the rows it releases when it leaves it (all the rest after the last row)."""
+        k, s, p, h = self.k, self.s, self.p, self.h
+        need, release = [], []
+        for oy in range(self.oh):
+            iy0 = oy * s - p
+            low = max(iy0, 0)
+            last = oy == self.oh - 1
+            need.append((h if last else min(iy0 + k - 1, h - 1) + 1) - low)
+            release.append((h if last else max(iy0 + s, 0)) - low)
+        return need, release

@@ -66,6 +66,7 @@ LUT_COEF: dict[str, float] = {
     "mvtu.cmp_bits": 2.2064,
     "mvtu.rom_luts": 0.2958,
     "mvtu.int_lane_bits": 1.0,
+    "mvtu.queue_luts": 1.0,
     "argmax.const": 19.6676,
     "argmax.lane_bits": 0.4719,
     "swu.const": 95.3712,
@@ -82,6 +83,8 @@ FF_COEF: dict[str, float] = {
     "mvtu.data_regs": 0.985,
     "mvtu.tree_regs": 1.2239,
     "mvtu.rom_regs": 0.9155,
+    "mvtu.queue_regs": 1.0,
+    "mvtu.dup_regs": 1.0,
     "argmax.const": 12.2295,
     "argmax.regs": 0.8783,
     "swu.const": 11.3353,
@@ -341,6 +344,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     the scores layer), its weights stored as ``storage`` (by default as its fold depth
     chooses)."""
     from bnnflow import packing
+    from bnnflow.hw.fanout import FANOUT, copies_for
+    from bnnflow.hw.mvtu import MVTU
     from bnnflow.hw.popcount import popcount_width
     from bnnflow.hw.storage import weight_storage
 
@@ -374,6 +379,13 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         tbits = acc_bits if integer else packing.threshold_bits(mw)
         t_luts, t_regs, threshold_ebr = _rom(
             weight_storage(nf), word_columns(thresholds, pe * (tbits + 1)), nf)
+    queue_luts, queue_regs = _queue(out_width + 1, MVTU.queue_depth(simd, sf))
+    # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load and
+    # step decisions, a LUT ROM's address, the accumulator's enable and clear.
+    dup_regs = 2 * copies_for(mw * eb)
+    if storage == "lut":
+        dup_regs += copies_for(lanes) * _bits(depth)
+    dup_regs += 2 * -(-pe // max(1, FANOUT // acc_bits))
     flag_bits = 4 + _bits(nf)
     counter_bits = _bits(depth) + _bits(sf) + _bits(nf) + _bits(beats)
     lut = {
@@ -387,6 +399,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         "mvtu.acc_bits": pe * acc_bits if sf > 1 else 0,
         "mvtu.cmp_bits": pe * acc_bits if hidden else 0,
         "mvtu.rom_luts": w_luts + t_luts,
+        "mvtu.queue_luts": queue_luts,
     }
     ff = {
         "mvtu.const": 1,
@@ -395,13 +408,27 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
                            + pe * acc_bits + out_width),
         "mvtu.tree_regs": pe * stage_regs,
         "mvtu.rom_regs": w_regs + t_regs,
+        "mvtu.queue_regs": queue_regs,
+        "mvtu.dup_regs": dup_regs,
     }
     return {"lut": lut, "ff": ff, "storage": storage, "lanes": lanes, "depth": depth,
             "weight_ebr": weight_ebr, "threshold_ebr": threshold_ebr}
 
 
+def _queue(width: int, depth: int) -> tuple[float, float]:
+    """LUT4 and FF of a credit-fed output queue (Amaranth ``SyncFIFO``, asynchronous read):
+    its LUT RAM, two pointers and a level counter, and the credit counter beside it."""
+    mem = memory_map(width, depth, writable=True)
+    luts = 6 * ceil(width / 4) * ceil(depth / 16) if mem.kind == "lutram" \
+        else width * (rom_luts(depth) + 1)
+    counters = 4 * _bits(depth + 1)
+    return luts + 2 * counters, counters + (width * depth if mem.kind == "logic" else 0)
+
+
 def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: int) -> dict:
     """Counted structures of a sliding window (:class:`bnnflow.hw.swu.SlidingWindow`)."""
+    from bnnflow.hw.swu import QUEUE_DEPTH
+
     c, h, w = in_shape
     width = elems * eb
     nb = c // elems
@@ -420,10 +447,11 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
     span = _bits(h + w + 2 * stride + 2 * padding + kernel + 1)
     counter_bits = (_bits(rows + 1) + 2 * _bits(depth) + _bits(w * nb) + _bits(nb)
                     + 2 * _bits(kernel) + _bits(ow) + _bits(oh) + 2 * span)
+    queue_luts, queue_regs = _queue(width + 1, QUEUE_DEPTH)
     lut = {"swu.const": 1, "swu.addr_bits": _bits(2 * depth), "swu.width": width,
-           "swu.mem_luts": mem_luts}
+           "swu.mem_luts": mem_luts + queue_luts}
     ff = {"swu.const": 1, "swu.counter_bits": counter_bits, "swu.width": width,
-          "swu.mem_regs": mem_regs}
+          "swu.mem_regs": mem_regs + queue_regs}
     return {"lut": lut, "ff": ff, "ebr": mem.ebr}
 
 
