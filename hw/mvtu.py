@@ -230,24 +230,31 @@ class MVTU(wiring.Component):
             take.eq(i.valid & i.ready),
         ]
 
+        # The next state's flags come from comparisons of the current registers, in parallel
+        # with the counters' adders rather than after them.
         busy_n, full_n, step_n, load_n = Signal(), Signal(), Signal(), Signal()
-        addr_n, sf_n_, nf_n_ = Signal.like(addr), Signal.like(sf), Signal.like(nf)
-        credits_n = Signal.like(credits)
+        sf_last_n, final_n, credit_n = Signal(), Signal(), Signal()
+        consume, refund = Signal(), Signal()
         m.d.comb += [
+            consume.eq(step & sf_last),
+            refund.eq(o.valid & o.ready),
             full_n.eq((full & ~load) | completing),
             busy_n.eq(load | (busy & ~(step & final))),
-            addr_n.eq(Mux(step, Mux(final, 0, addr + 1), addr)),
-            sf_n_.eq(Mux(step, Mux(sf_last, 0, sf + 1), sf)),
-            nf_n_.eq(Mux(step & sf_last, Mux(nf == nf_n - 1, 0, nf + 1), nf)),
-            credits_n.eq(credits - (step & sf_last) + (o.valid & o.ready)),
-            step_n.eq(busy_n & ((sf_n_ != sf_n - 1) | (credits_n != 0))),
-            load_n.eq(full_n & (~busy_n | (step_n & (addr_n == steps - 1)))),
+            sf_last_n.eq(Mux(step, Mux(sf_last, sf_n == 1, sf == max(0, sf_n - 2)), sf_last)),
+            final_n.eq(Mux(step, Mux(final, steps == 1, addr == max(0, steps - 2)), final)),
+            credit_n.eq(Mux(refund & ~consume, 1,
+                            Mux(consume & ~refund, credits > 1, credits != 0))),
+            step_n.eq(busy_n & (~sf_last_n | credit_n)),
+            load_n.eq(full_n & (~busy_n | (step_n & final_n))),
         ]
         m.d.sync += [
-            full.eq(full_n), busy.eq(busy_n), addr.eq(addr_n), sf.eq(sf_n_), nf.eq(nf_n_),
-            sf_last.eq(sf_n_ == sf_n - 1), final.eq(addr_n == steps - 1),
-            credits.eq(credits_n), step.eq(step_n), load.eq(load_n),
+            full.eq(full_n), busy.eq(busy_n), sf_last.eq(sf_last_n), final.eq(final_n),
+            credits.eq(credits - consume + refund), step.eq(step_n), load.eq(load_n),
         ]
+        with m.If(step):
+            m.d.sync += [addr.eq(Mux(final, 0, addr + 1)), sf.eq(Mux(sf_last, 0, sf + 1))]
+            with m.If(sf_last):
+                m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
 
         # The compute register takes the filled vector on `load` and rotates by one SIMD slice
         # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk

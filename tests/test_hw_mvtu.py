@@ -104,6 +104,21 @@ def test_thresholds_random_stalls(mh, mw, pe, simd, in_width):
 
 
 @pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
+    (12, 24, 3, 24, 24),  # SF = 1: a new output beat every cycle, the queue's worst case
+    (32, 24, 1, 12, 24),  # many short output groups per vector
+])
+def test_output_queue_never_overflows_under_heavy_back_pressure(mh, mw, pe, simd, in_width):
+    # The consumer refuses 90 % of cycles: S0 must run out of credits and wait, and no beat
+    # may be lost or duplicated while the queue is full.
+    rng = np.random.default_rng(5)
+    layer = random_layer(rng, mh, mw)
+    x = rng.integers(0, 2, (12, mw))
+    dut, got, _, _ = simulate(layer, pe, simd, in_width, x, seed=9, stall=0.9)
+    assert got == expected_beats(layer, pe, x)
+    assert MVTU.queue_depth(simd, dut.sf) < len(got)  # the queue did fill up
+
+
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
     (10, 24, 1, 4, 6),
     (10, 24, 5, 8, 8),
     (10, 24, 10, 24, 24),
