@@ -186,8 +186,9 @@ class HostTop(wiring.Component):
     n_inputs : int, optional
         Input bits per image (8 per pixel of an integer-input network); defaults to
         ``core.n_inputs``, else ``core.net.input.size``.
-    max_payload : int
-        Request bank size in bytes (block RAM holds two banks).
+    max_payload : int, optional
+        Request bank size in bytes (block RAM holds two banks); by default 1024, or one image
+        when an image is larger (3072 bytes for a 3x32x32 pixel image).
     escaped : set of int
         Bytes escaped on transmit.
     clk_hz : int
@@ -206,7 +207,7 @@ class HostTop(wiring.Component):
     rx: In(1, init=1)
     tx: Out(1, init=1)
 
-    def __init__(self, core, design_id, divisor, *, n_inputs=None, max_payload=1024,
+    def __init__(self, core, design_id, divisor, *, n_inputs=None, max_payload=None,
                  escaped=DEFAULT_ESCAPED, clk_hz=DEFAULT_CLK_HZ):
         if n_inputs is None:
             n_inputs = getattr(core, "n_inputs", None)
@@ -215,6 +216,8 @@ class HostTop(wiring.Component):
             if n_inputs is None:
                 raise TypeError(f"{type(core).__name__} has neither n_inputs nor net; pass "
                                 f"n_inputs= to HostTop")
+        if max_payload is None:
+            max_payload = max(1024, (n_inputs + 7) // 8)
         self.core = core
         self.divisor = divisor
         self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,

@@ -115,8 +115,10 @@ def headline(rows: list[dict], board: str, target_mhz: float) -> str:
         else:
             res, figures, build = "- | - | - | -", "- | -", "-"
         simulated = f"{sim['seconds']:.0f} s" if sim else "-"
-        lines.append(f"| {r['name']} | {_folding_text(rep)} | {res} | {cycles:,.1f} | {figures} "
-                     f"| {rep['compile_wall_seconds']:.1f} s | {simulated} | {build} |")
+        mark = "" if r.get("fitted", True) else " *"
+        lines.append(f"| {r['name']}{mark} | {_folding_text(rep)} | {res} | {cycles:,.1f} "
+                     f"| {figures} | {rep['compile_wall_seconds']:.1f} s | {simulated} "
+                     f"| {build} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -164,18 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nets", default="tfc,sfc,cnv", help="built at the largest fitting folding")
     p.add_argument("--cycle-nets", default="lenet", help="compiled and simulated only")
     p.add_argument("--frames", type=int, default=100, help="simulated frames per network")
+    p.add_argument("--cycles", default="", metavar="NET=N,...",
+                   help="fold these networks for N cycles per frame instead of the largest "
+                        "folding that fits the board (e.g. sfc=64 for a design that routes "
+                        "in minutes)")
     p.add_argument("--no-build", action="store_true", help="skip the bitstreams")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--no-lanecost", action="store_true")
     p.add_argument("-o", "--output", default="runs/bench")
     p.add_argument("--docs", default="docs/benchmark.md")
     args = p.parse_args(argv)
+    try:
+        cycles = {k.strip(): int(v) for k, v in (item.split("=") for item in
+                                                   args.cycles.split(",") if item)}
+    except ValueError:
+        p.error(f"--cycles {args.cycles!r}: expected NET=N[,NET=N...]")
     root = Path(args.output)
     rows = []
     for name in [n for n in args.nets.split(",") if n]:
         out = root / name
-        _say(f"[bench] {name}: compile for {args.board}")
-        row = {"name": name, "report": compile_net(name, out, args.board)}
+        if name in cycles:
+            _say(f"[bench] {name}: compile for {cycles[name]} cycles per frame")
+            row = {"name": name, "report": compile_net(name, out, None,
+                                                       target_cycles=cycles[name])}
+        else:
+            _say(f"[bench] {name}: compile for {args.board}")
+            row = {"name": name, "report": compile_net(name, out, args.board)}
+        row["fitted"] = name not in cycles
         _say(f"[bench] {name}: simulate {args.frames} frames")
         row["sim"] = simulate_net(out, args.frames)
         if not args.no_build:
@@ -192,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         " ".join(argv)
     text = [f"# Benchmark\n\nRegenerate with `{cmd}` (about an hour on 2 cores; "
             f"`-- --no-build` skips the bitstreams).\n",
-            f"## Largest folding that fits {args.board}, built at {args.target_mhz:g} MHz\n",
+            f"## Built for {args.board} at {args.target_mhz:g} MHz\n",
+            "Folding: the largest that fits the board (`compile --board`), except where "
+            "`--cycles` named a target (marked *).\n",
             "Random weights (speed and size do not depend on them); fabric frames/s = Fmax / "
             "simulated cycles per frame; frames/s per LUT·MHz = 10^6 / (cycles x LUT4). LUT4 "
             "counts nextpnr's TRELLIS_COMB slots (carry halves included) of the whole board "

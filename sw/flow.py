@@ -138,9 +138,9 @@ def step_top(state: CompileState, cfg: CompileConfig) -> None:
     from bnnflow.hw.hostlink import generate_top_verilog
 
     core = BnnCore(state.net, state.folding, cfg.in_width)
-    # The host link buffers at least one image (3072 bytes for a 3x32x32 pixel image).
+    # The host link buffers at least one image (HostTop's default max_payload).
     generate_top_verilog(core, design_id(state.net, state.folding), cfg.sim_divisor,
-                         cfg.out / "top.v", max_payload=max(1024, (core.n_inputs + 7) // 8))
+                         cfg.out / "top.v")
 
 
 def step_report(state: CompileState, cfg: CompileConfig) -> None:

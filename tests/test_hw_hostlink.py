@@ -209,6 +209,20 @@ def test_hosttop_needs_input_size():
         HostTop(Bare(), DESIGN_ID, 8)
 
 
+def test_hosttop_buffers_at_least_one_image_by_default():
+    # A 3x32x32 pixel image is 3,072 bytes: more than the 1,024-byte default bank, which
+    # grows to hold one image (the CNV board build used to stop here).
+    from bnnflow.folding import default_folding
+    from bnnflow.hw.core import BnnCore
+    from bnnflow.synthetic import zoo_net
+
+    net = zoo_net("cnv", 0)
+    top = HostTop(BnnCore(net, default_folding(net), 24), DESIGN_ID, 8)
+    assert top.info.max_payload == 3072 and top.info.max_images == 1
+    small = HostTop(FakeCore(N_INPUTS, CLASSES), DESIGN_ID, 8).info
+    assert small.max_images == 1024 // small.image_size  # the 1,024-byte default
+
+
 def test_generate_top_verilog(tmp_path):
     text = generate_top_verilog(FakeCore(N_INPUTS, CLASSES), DESIGN_ID, 16, tmp_path / "top.v")
     assert (tmp_path / "top.v").read_text() == text
