@@ -36,9 +36,10 @@ import numpy as np
 
 from . import resources
 from .folding import Folding, default_folding
-from .ir import Conv, Dense, InputSpec, MaxPool, Network, Thresholds
+from .ir import Network
+from .synthetic import random_conv_net, random_net
 
-__all__ = ["CASES", "Case", "random_mlp", "cells_per_block", "synthesize", "fit", "table",
+__all__ = ["CASES", "Case", "cells_per_block", "synthesize", "fit", "table",
            "main"]
 
 #: Cached results live here (one JSON per Verilog hash).
@@ -60,7 +61,7 @@ class Case:
         if self.net == "LeNet":
             net = random_lenet()
             return net, default_folding(net, self.target, in_elems=self.in_width // 8)
-        net = random_mlp(self.sizes, name=self.net)
+        net = random_net(self.sizes, pixel_max=255, name=self.net)
         return net, default_folding(net, self.target, in_elems=self.in_width)
 
 
@@ -83,42 +84,12 @@ CASES = (
 CONV_CASES = (Case("LeNet", (), 10368), Case("LeNet", (), 1296))
 
 
-def random_mlp(sizes, seed: int = 0, name: str = "mlp") -> Network:
-    """A binary-input MLP with random weights and thresholds (some inverted)."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        w = rng.integers(0, 2, (n_out, n_in))
-        th = None
-        if i < len(sizes) - 2:
-            th = Thresholds(rng.integers(n_in // 4, 3 * n_in // 4 + 1, n_out),
-                            rng.random(n_out) < 0.3)
-        layers.append(Dense(f"fc{i}", w, th))
-    return Network(InputSpec((sizes[0],), 255, 1 / 255, 128), layers, name)
-
-
 def random_lenet(seed: int = 0) -> Network:
     """A small integer-input conv net (1x12x12 8-bit pixels: conv 8@3x3, max-pool 2, conv
     16@3x3, dense 10) with random weights, to check the conv parts of the model."""
-    rng = np.random.default_rng(seed)
-    levels = tuple(range(-128, 128))
-    spec = InputSpec((1, 12, 12), 255, 1 / 255, None, levels)
-
-    def thresholds(n, fan_in, integer):
-        spread = 128 * np.sqrt(fan_in) / 2 if integer else np.sqrt(fan_in) / 2
-        centre = 0 if integer else fan_in / 2
-        t = np.rint(rng.normal(centre, spread, n)).astype(np.int64)
-        if not integer:
-            t = np.clip(t, 0, fan_in + 1)
-        return Thresholds(t, rng.random(n) < 0.3)
-
-    conv0 = Conv("conv0", rng.integers(0, 2, (8, 1, 3, 3)), thresholds(8, 9, True),
-                 (1, 12, 12), integer_input=True, pad_value=0)
-    pool = MaxPool("pool1", (8, 10, 10), 2, 2)
-    conv2 = Conv("conv2", rng.integers(0, 2, (16, 8, 3, 3)), thresholds(16, 72, False),
-                 (8, 5, 5))
-    fc = Dense("fc3", rng.integers(0, 2, (10, 16 * 3 * 3)), None)
-    return Network(spec, (conv0, pool, conv2, fc), "LeNet-12")
+    return random_conv_net((1, 12, 12), [("conv", 8, 3, 1, 0, 0), ("pool", 2, 2),
+                                         ("conv", 16, 3, 1, 0, 1), ("dense", 10)],
+                           seed, levels=range(-128, 128), name="LeNet-12")
 
 
 def _top_module(netlist: dict) -> dict:

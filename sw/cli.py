@@ -130,9 +130,9 @@ def cmd_compile(args) -> None:
                         board=args.board, lut_budget=args.lut_budget,
                         ebr_budget=args.ebr_budget)
     state = compile_model(cfg, progress=None if args.quiet else lambda s: _say(f"[compile] {s}"))
-    from .flow import _in_elems
+    from bnnflow.hw.core import stream_elems
 
-    cpf = state.folding.cycles_per_frame(state.net, _in_elems(state.net, cfg.in_width))
+    cpf = state.folding.cycles_per_frame(state.net, stream_elems(state.net, cfg.in_width))
     folds = ", ".join(f"{n}: PE {f.pe} SIMD {f.simd}" for n, f in state.folding.layers.items())
     est = state.estimate
     fit = f" of {state.budget.lut4:,} / {state.budget.ebr}" if state.budget is not None else ""
@@ -222,9 +222,9 @@ def _layer_stalls(net, folding, manifest, out) -> list[dict]:
     """Per layer: predicted cycles per frame and the cycles per frame its output waited on the
     next block in steady state (``blocked``); the slowest layers (``bottleneck``) should show
     none."""
-    from .flow import _in_elems
+    from bnnflow.hw.core import stream_elems
 
-    cycles = folding.layer_cycles(net, _in_elems(net, manifest.in_width))
+    cycles = folding.layer_cycles(net, stream_elems(net, manifest.in_width))
     slowest = max(cycles.values())
     watched_frames = max(1, out["steady_cycles_watched"]) / max(out["cycles_per_frame"], 1)
     rows = []

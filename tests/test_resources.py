@@ -57,7 +57,7 @@ def test_tree_profile_counts_adders_and_stage_registers():
 
 
 def _tfc():
-    return calibrate.random_mlp((784, 64, 64, 64, 10))
+    return random_net((784, 64, 64, 64, 10), pixel_max=255)
 
 
 def test_totals_are_layers_plus_glue():
