@@ -266,7 +266,10 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     seconds = {}
     progress("amaranth", None)
     start = time.perf_counter()
-    nextpnr_opts = ["--report", f"{name}_nextpnr.json", "--timing-allow-fail"]
+    # router2: on designs of tens of thousands of LUTs router1 spends most of an hour ripping
+    # up congested arcs that router2 routes in minutes.
+    nextpnr_opts = ["--report", f"{name}_nextpnr.json", "--timing-allow-fail",
+                    "--router", "router2"]
     if seed is not None:
         nextpnr_opts += ["--seed", str(seed)]
     plan = board.platform().prepare(BoardTop(factory, board), name,
