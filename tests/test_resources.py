@@ -94,9 +94,10 @@ def test_lut4_grows_with_lanes():
         cost = estimate(net, Folding({**rest, "fc1": LayerFold(pe, simd)}))["fc1"]
         luts.append(cost.lut4)
         ffs.append(cost.ff)
-    # Up to the counters, which shrink as the fold gets shallower (a few LUTs).
+    # Up to the counters and their next-state logic, which shrink as the fold gets shallower
+    # (about 5 LUT4 per counter bit, a few percent of a one-lane layer).
     for small, big in zip(luts, luts[1:], strict=False):
-        assert big >= 0.98 * small
+        assert big >= 0.95 * small
     assert luts[-1] > 10 * luts[0]
     for small, big in zip(ffs, ffs[1:], strict=False):
         assert big >= 0.98 * small
