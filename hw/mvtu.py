@@ -102,6 +102,10 @@ def output_queue(m: Module, o: stream.Interface, depth: int) -> tuple[SyncFIFO, 
     return queue, Signal(range(depth + 1), init=depth, name="credits")
 
 
+#: PE lanes one copy of the input slice's register feeds.
+PE_PER_COPY = 8
+
+
 class MVTU(wiring.Component):
     """One folded binarized dense layer with a streaming input and output.
 
@@ -323,23 +327,30 @@ class MVTU(wiring.Component):
         """
         pe, simd, eb = self.pe, self.simd, self.elem_bits
         words = packing.weight_words(self.layer.weights, pe, simd)
-        s1_x, s2_x = Signal(simd * eb), Signal(simd * eb)
-        m.d.sync += s1_x.eq(x)
+        # The input slice goes to every PE lane: one copy of its register per PE_PER_COPY
+        # lanes, so no input bit (or its negation, for an integer layer) fans out further.
+        copies = copies_for(pe, PE_PER_COPY)
         kind = self.weight_storage
         if kind == "lut" and eb == 1:
             # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S2
             # register takes the XNOR bits, so the input slice needs no second register.
+            s1_x = replicated(m, "s1_x", x, copies)
             s2_bits = Signal(pe * simd)
             rom = _rom(m, "weights", words, pe * simd, addr)
-            m.d.sync += s2_bits.eq(~(rom ^ s1_x.replicate(pe)))
+            xs = Cat(s1_x[p // PE_PER_COPY] for p in range(pe))
+            m.d.sync += s2_bits.eq(~(rom ^ xs))
             return [[s2_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        m.d.sync += s2_x.eq(s1_x)
+        s1_x = Signal(simd * eb)
+        m.d.sync += s1_x.eq(x)
+        s2_xs = replicated(m, "s2_x", s1_x, copies)
         w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
         if eb == 1:
-            return [[~(w_lanes[p][s] ^ s2_x[s]) for s in range(simd)] for p in range(pe)]
+            return [[~(w_lanes[p][s] ^ s2_xs[p // PE_PER_COPY][s]) for s in range(simd)]
+                    for p in range(pe)]
         out = []
         for p in range(pe):
+            s2_x = s2_xs[p // PE_PER_COPY]
             terms = []
             for s in range(simd):
                 level = s2_x[s * eb:(s + 1) * eb].as_signed()

@@ -345,7 +345,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     chooses)."""
     from bnnflow import packing
     from bnnflow.hw.fanout import FANOUT, copies_for
-    from bnnflow.hw.mvtu import MVTU
+    from bnnflow.hw.mvtu import MVTU, PE_PER_COPY
     from bnnflow.hw.popcount import popcount_width
     from bnnflow.hw.storage import weight_storage
 
@@ -362,6 +362,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     out_width = pe if hidden else pe * popcount_width(mw)
     adder_bits, stage_regs, stages = tree_profile(simd, eb + 1 if integer else 1)
 
+    x_copies = copies_for(pe, PE_PER_COPY)  # the input slice's register, per 8 PE lanes
     columns = weight_columns(weights, pe, simd)
     if storage == "lut" and not integer:
         # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together (a deeper ROM
@@ -369,10 +370,10 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         # constant columns too: x varies).
         w_luts = lanes * (1.0 if depth <= 8 else rom_luts(depth) + 1)
         w_regs, weight_ebr = float(lanes + _bits(depth)), 0
-        x_regs = simd
+        x_regs = simd * x_copies
     else:
         w_luts, w_regs, weight_ebr = _rom(storage, columns, depth)
-        x_regs = 2 * simd * eb
+        x_regs = simd * eb * (1 + x_copies)
     t_luts = t_regs = 0.0
     threshold_ebr = 0
     if hidden:
