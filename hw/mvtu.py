@@ -8,7 +8,7 @@ slices, one ``(nf, sf)`` step per cycle, ``NF*SF`` cycles per vector (shared/DES
 
 Datapath, one register stage per line::
 
-    input beats ─► fill slots (one per beat) ─► compute register (rotates by SIMD every step)
+    input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD)
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  weight word of that step, registered; input bits (LUT ROM: their XNOR, see below)
@@ -27,12 +27,14 @@ Design choices:
   an 8-entry ROM together with the XNOR and the S2 register takes the XNOR bits; block RAM when
   it cycles through many, its read data registered once more in the fabric (S2). The
   threshold memory (``NF`` words) follows the same rule.
-* The input is double-buffered: each beat of vector ``k+1`` lands in its own slot while the
-  compute register serves vector ``k``. The compute register rotates instead of being
-  indexed, so the SIMD slice is always its low bits and no ``SF``-way multiplexer is built;
-  after ``SF`` steps it is back in place for the next output group. A beat may land in the
-  slot the compute register is emptying in the same cycle, so an input that takes exactly
-  ``NF*SF`` beats per vector loses no cycle.
+* The input is double-buffered: the fill register collects vector ``k+1`` while the compute
+  register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
+  enables are flip-flops (replicated) and its data moves one beat along: no net fans out over
+  it, however narrow the beats. The compute register rotates instead of being indexed, so
+  the SIMD slice is always its low bits and no ``SF``-way multiplexer is built; after ``SF``
+  steps it is back in place for the next output group. A vector whose last beat is still in
+  the beat register is loaded together with it, so an input that takes exactly ``NF*SF``
+  beats per vector loses no cycle.
 * Credits instead of a stall enable: S0 issues the step that completes an output beat only
   while it holds a credit, a free entry of the output queue (:meth:`queue_depth`), and every
   stage behind S0 advances every cycle. Back-pressure from the next block reaches the credit
@@ -228,7 +230,7 @@ class MVTU(wiring.Component):
 
         take = Signal()
         completing = Signal()
-        fill = self._fill(m, take, completing)
+        fill, shifted = self._fill(m, take, completing)
         m.d.comb += [
             i.ready.eq(~full | load),  # the beat lands in a slot the load empties this cycle
             take.eq(i.valid & i.ready),
@@ -263,15 +265,19 @@ class MVTU(wiring.Component):
         # The compute register takes the filled vector on `load` and rotates by one SIMD slice
         # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk
         # has its own copies of the two decisions.
+        # A vector whose last beat arrived in the previous cycle is still one shift short in
+        # the fill register: it is loaded from `shifted` (`fresh`), any other from `fill`.
         x = Signal(width)
         rotated = x.rotate_right(simd * eb)
         chunks = copies_for(width)
         ce = replicated(m, "x_ce", step_n | load_n, chunks)
         ld = replicated(m, "x_load", load_n, chunks)
+        fresh = replicated(m, "x_fresh", completing, chunks)
         for k in range(chunks):
             lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
+            vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi])
             with m.If(ce[k]):
-                m.d.sync += x[lo:hi].eq(Mux(ld[k], fill[lo:hi], rotated[lo:hi]))
+                m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
@@ -382,26 +388,34 @@ class MVTU(wiring.Component):
         m.d.sync += word.eq(port.data)
         return word
 
-    def _fill(self, m: Module, take: Value, completing: Signal) -> Signal:
+    def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
         """Collect input beats into a vector: the write side of the double buffer.
 
-        Beat ``j`` of a vector goes to slot ``j``, ``in_width`` bits at bit ``j*in_width``, so
-        beat 0 sits at bit 0 and the pad bits of the last beat above bit MW, where nothing
-        reads them. Each slot has its own write enable (no shift register whose every bit
-        hangs on one enable). Returns the slots; ``completing`` is driven high when ``take``
-        brings a vector's last beat.
+        A taken beat is registered first, then shifted in at the top of the fill register, so
+        after ``beats`` of them beat 0 sits at bit 0 and the pad bits of the last beat above
+        bit MW, where nothing reads them. The shift's enable is that input register's valid,
+        one copy per :data:`~bnnflow.hw.fanout.FANOUT` bits, and its data moves one beat
+        along, so neither fans out over the register however narrow the beats. Returns the
+        fill register and its value after the pending shift; ``completing`` is driven high
+        when ``take`` brings a vector's last beat.
         """
         i = self.i_stream
         width, beats = self.in_width, self.beats
         fill = Signal(width * beats)
+        beat = Signal(width)
+        m.d.sync += beat.eq(i.p.data)
+        shifted = Cat(fill[width:], beat)
         count = Signal(range(beats))
         m.d.comb += completing.eq(take & (count == beats - 1))
         with m.If(take):
             m.d.sync += count.eq(Mux(count == beats - 1, 0, count + 1))
-        for j in range(beats):
-            with m.If(take & (count == j)):
-                m.d.sync += fill[j * width:(j + 1) * width].eq(i.p.data)
-        return fill
+        chunks = copies_for(len(fill))
+        valid = replicated(m, "fill_shift", take, chunks)
+        for k in range(chunks):
+            lo, hi = k * FANOUT, min(len(fill), (k + 1) * FANOUT)
+            with m.If(valid[k]):
+                m.d.sync += fill[lo:hi].eq(shifted[lo:hi])
+        return fill, shifted
 
     def _activate(self, m: Module, nf: Value, total: Value) -> Value:
         """The output lanes for the accumulated counts ``total``; ``nf`` is the output group

@@ -381,9 +381,9 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         t_luts, t_regs, threshold_ebr = _rom(
             weight_storage(nf), word_columns(thresholds, pe * (tbits + 1)), nf)
     queue_luts, queue_regs = _queue(out_width + 1, MVTU.queue_depth(simd, sf))
-    # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load and
-    # step decisions, a LUT ROM's address, the accumulator's enable and clear.
-    dup_regs = 2 * copies_for(mw * eb)
+    # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
+    # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the accumulator's enable and clear.
+    dup_regs = 3 * copies_for(mw * eb) + copies_for(in_width * beats)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
     dup_regs += 2 * -(-pe // max(1, FANOUT // acc_bits))
@@ -405,7 +405,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     ff = {
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits + flag_bits * (stages + 3),
-        "mvtu.data_regs": (in_width * beats + mw * eb + x_regs + pe * lane_bits
+        "mvtu.data_regs": (in_width * (beats + 1) + mw * eb + x_regs + pe * lane_bits
                            + pe * acc_bits + out_width),
         "mvtu.tree_regs": pe * stage_regs,
         "mvtu.rom_regs": w_regs + t_regs,
