@@ -382,7 +382,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
             weight_storage(nf), word_columns(thresholds, pe * (tbits + 1)), nf)
     queue_luts, queue_regs = _queue(out_width + 1, MVTU.queue_depth(simd, sf))
     # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
-    # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the accumulator's enable and clear.
+    # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the
+    # accumulator's enable and clear.
     dup_regs = 3 * copies_for(mw * eb) + copies_for(in_width * beats)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
