@@ -53,9 +53,10 @@ Design choices:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -66,7 +67,7 @@ from . import storage
 from .fanout import FANOUT, copies_for, replicated
 from .popcount import adder_tree, popcount_width, tree_stages
 
-__all__ = ["beat_layout", "output_queue", "MVTU", "rom_value"]
+__all__ = ["beat_layout", "OutputQueue", "output_queue", "MVTU", "rom_value"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -85,23 +86,54 @@ def beat_layout(width: int) -> data.StructLayout:
     return data.StructLayout({"data": unsigned(width), "last": unsigned(1)})
 
 
-def output_queue(m: Module, o: stream.Interface, depth: int) -> tuple[SyncFIFO, Signal]:
-    """A ``depth``-entry queue driving the output stream ``o`` of :func:`beat_layout`, and the
-    credit counter of its free entries.
+@dataclass
+class OutputQueue:
+    """The write side of :func:`output_queue`."""
 
-    The caller writes ``Cat(data, last)`` into the queue without looking at its ``w_rdy``: it
-    issues work only while it holds a credit, decrements ``credits`` for each beat it has
-    issued, and adds back one for every beat ``o`` transfers.
+    #: Write ``data`` this cycle (the caller holds a credit for it).
+    push: Signal
+    #: ``Cat(payload.data, payload.last)``.
+    data: Signal
+    #: Free entries not yet promised to a beat; the caller decrements it for every beat it
+    #: issues and adds ``refund``.
+    credits: Signal
+    #: One credit comes back: a beat left the queue in the previous cycle.
+    refund: Signal
+
+
+def output_queue(m: Module, o: stream.Interface, depth: int) -> OutputQueue:
+    """A ``depth``-entry queue (LUT RAM) driving the output stream ``o`` of
+    :func:`beat_layout`, with its credit counter.
+
+    The writer never looks at the queue's state: it issues work only while it holds a credit
+    and pushes each result without a check. ``o.valid`` is a register, and a credit comes back
+    one cycle after its beat left (``refund`` is registered), so the next block's ``ready``
+    reaches this queue's pointers and nothing beyond them.
     """
-    width = len(o.p.data)
-    m.submodules.queue = queue = SyncFIFO(width=width + 1, depth=depth)
+    width = len(o.p.data) + 1
+    m.submodules.queue_mem = mem = Memory(shape=unsigned(width), depth=depth, init=[])
+    wr = mem.write_port()
+    rd = mem.read_port(domain="comb")
+    push, pop = Signal(name="queue_push"), Signal(name="queue_pop")
+    data = Signal(width, name="queue_data")
+    produce, consume = Signal(range(depth)), Signal(range(depth))
+    level = Signal(range(depth + 1), name="queue_level")
+    level_n = Signal.like(level)
+    refund = Signal(name="refund")
     m.d.comb += [
-        o.valid.eq(queue.r_rdy),
-        o.p.data.eq(queue.r_data[:width]),
-        o.p.last.eq(queue.r_data[width]),
-        queue.r_en.eq(o.ready),
+        wr.addr.eq(produce), wr.data.eq(data), wr.en.eq(push),
+        rd.addr.eq(consume),
+        o.p.data.eq(rd.data[:width - 1]), o.p.last.eq(rd.data[width - 1]),
+        pop.eq(o.valid & o.ready),
+        level_n.eq(level + push - pop),
     ]
-    return queue, Signal(range(depth + 1), init=depth, name="credits")
+    m.d.sync += [level.eq(level_n), o.valid.eq(level_n != 0), refund.eq(pop)]
+    with m.If(push):
+        m.d.sync += produce.eq(Mux(produce == depth - 1, 0, produce + 1))
+    with m.If(pop):
+        m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
+    credits = Signal(range(depth + 1), init=depth, name="credits")
+    return OutputQueue(push, data, credits, refund)
 
 
 #: PE lanes one copy of the input slice's register feeds.
@@ -193,10 +225,10 @@ class MVTU(wiring.Component):
     @staticmethod
     def queue_depth(simd: int, sf: int) -> int:
         """Entries of the output queue: enough beats for the results in flight while their
-        credits travel back (:attr:`latency` cycles plus the two of the credit loop), so the
+        credits travel back (:attr:`latency` cycles plus the three of the credit loop), so the
         pipeline never waits for a credit while the output is ready; between 2 and 16 (a
         16-word queue is one LUT RAM per 4 bits)."""
-        return min(16, max(2, -(-(MVTU.pipeline_latency(simd) + 2) // sf) + 1))
+        return min(16, max(2, -(-(MVTU.pipeline_latency(simd) + 3) // sf) + 1))
 
     @property
     def cycles(self) -> int:
@@ -215,17 +247,15 @@ class MVTU(wiring.Component):
         # only with a credit, a free queue entry reserved for that beat, so everything behind
         # S0 runs every cycle with no enable at all. Back-pressure from the next block reaches
         # the credit counter and nothing else.
-        queue, credits = output_queue(m, o, self.queue_depth(simd, sf_n))
+        depth = self.queue_depth(simd, sf_n)
+        queue = output_queue(m, o, depth)
+        credits, refund = queue.credits, queue.refund
 
         # S0 state. `step` and `load` are registers holding this cycle's decisions, computed a
         # cycle ahead from the next state, so the wide input register's enables come straight
         # from (replicated) flip-flops.
         busy, full = Signal(), Signal()
-        addr = Signal(range(steps))
-        sf = Signal(range(sf_n))
         nf = Signal(range(nf_n))
-        sf_last = Signal(init=sf_n == 1)
-        final = Signal(init=steps == 1)
         step, load = Signal(), Signal()
 
         take = Signal()
@@ -236,31 +266,29 @@ class MVTU(wiring.Component):
             take.eq(i.valid & i.ready),
         ]
 
-        # The next state's flags come from comparisons of the current registers, in parallel
-        # with the counters' adders rather than after them.
-        busy_n, full_n, step_n, load_n = Signal(), Signal(), Signal(), Signal()
-        sf_last_n, final_n, credit_n = Signal(), Signal(), Signal()
-        consume, refund = Signal(), Signal()
+        # Every input of the next-state logic is a flip-flop (the counters' wrap flags and the
+        # credit comparisons are registered too), so `load_n` and `step_n` are a few LUTs deep.
+        busy_n, full_n, step_n, load_n, credit_n = Signal(), Signal(), Signal(), Signal(), Signal()
+        sf, sf_last, sf_last_n = wrap_counter(m, "sf", sf_n, step)
+        addr, final, final_n = wrap_counter(m, "addr", steps, step)
+        consume = Signal()
+        credits_n = Signal.like(credits)
+        above1, above0 = Signal(init=depth > 1), Signal(init=1)  # credits > 1, credits > 0
         m.d.comb += [
             consume.eq(step & sf_last),
-            refund.eq(o.valid & o.ready),
             full_n.eq((full & ~load) | completing),
             busy_n.eq(load | (busy & ~(step & final))),
-            sf_last_n.eq(Mux(step, Mux(sf_last, sf_n == 1, sf == max(0, sf_n - 2)), sf_last)),
-            final_n.eq(Mux(step, Mux(final, steps == 1, addr == max(0, steps - 2)), final)),
-            credit_n.eq(Mux(refund & ~consume, 1,
-                            Mux(consume & ~refund, credits > 1, credits != 0))),
+            credit_n.eq(Mux(refund & ~consume, 1, Mux(consume & ~refund, above1, above0))),
             step_n.eq(busy_n & (~sf_last_n | credit_n)),
             load_n.eq(full_n & (~busy_n | (step_n & final_n))),
+            credits_n.eq(credits - consume + refund),
         ]
         m.d.sync += [
-            full.eq(full_n), busy.eq(busy_n), sf_last.eq(sf_last_n), final.eq(final_n),
-            credits.eq(credits - consume + refund), step.eq(step_n), load.eq(load_n),
+            full.eq(full_n), busy.eq(busy_n), step.eq(step_n), load.eq(load_n),
+            credits.eq(credits_n), above1.eq(credits_n > 1), above0.eq(credits_n != 0),
         ]
-        with m.If(step):
-            m.d.sync += [addr.eq(Mux(final, 0, addr + 1)), sf.eq(Mux(sf_last, 0, sf + 1))]
-            with m.If(sf_last):
-                m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
+        with m.If(step & sf_last):
+            m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
 
         # The compute register takes the filled vector on `load` and rotates by one SIMD slice
         # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk
@@ -322,7 +350,7 @@ class MVTU(wiring.Component):
         r_valid, r_last = Signal(), Signal()
         r_data = Signal(self.out_width)
         m.d.sync += [r_valid.eq(a.valid & a.last), r_data.eq(lanes), r_last.eq(a.final)]
-        m.d.comb += [queue.w_en.eq(r_valid), queue.w_data.eq(Cat(r_data, r_last))]
+        m.d.comb += [queue.push.eq(r_valid), queue.data.eq(Cat(r_data, r_last))]
         return m
 
     def _weights(self, m: Module, addr: Value, x: Value) -> list[list[Value]]:
@@ -405,10 +433,8 @@ class MVTU(wiring.Component):
         beat = Signal(width)
         m.d.sync += beat.eq(i.p.data)
         shifted = Cat(fill[width:], beat)
-        count = Signal(range(beats))
-        m.d.comb += completing.eq(take & (count == beats - 1))
-        with m.If(take):
-            m.d.sync += count.eq(Mux(count == beats - 1, 0, count + 1))
+        _, count_last, _ = wrap_counter(m, "count", beats, take)
+        m.d.comb += completing.eq(take & count_last)
         chunks = copies_for(len(fill))
         valid = replicated(m, "fill_shift", take, chunks)
         for k in range(chunks):
@@ -433,6 +459,28 @@ class MVTU(wiring.Component):
                              self.pe * lane.size, nf)
         t_lanes = data.View(data.ArrayLayout(lane, self.pe), word)
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
+
+
+def wrap_counter(m: Module, name: str, n: int, advance: Value) -> tuple[Signal, Signal, Signal]:
+    """A counter over ``range(n)`` that steps (wrapping to 0) when ``advance`` is high, with its
+    wrap flag kept as a register.
+
+    Returns ``(value, last, last_next)``: ``last`` is the registered ``value == n - 1``, and
+    ``last_next`` its next value, a single LUT of ``advance``, ``last`` and the registered
+    ``value == n - 2``; no comparison sits behind the counter's adder.
+    """
+    value = Signal(range(n), name=name)
+    last = Signal(init=n == 1, name=f"{name}_last")
+    penult = Signal(init=n == 2, name=f"{name}_penult")
+    last_next = Signal(name=f"{name}_last_next")
+    m.d.comb += last_next.eq(Mux(advance, Mux(last, n == 1, penult), last))
+    with m.If(advance):
+        m.d.sync += [
+            value.eq(Mux(last, 0, value + 1)),
+            last.eq(last_next),
+            penult.eq(Mux(last, n == 2, value == n - 3) if n >= 3 else Mux(last, n == 2, 0)),
+        ]
+    return value, last, last_next
 
 
 def _rom(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:

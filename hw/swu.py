@@ -38,9 +38,9 @@ from .mvtu import beat_layout, output_queue
 
 __all__ = ["SlidingWindow", "QUEUE_DEPTH"]
 
-#: Entries of the output queue: a credit comes back four cycles after its beat was issued
-#: (issue, memory read, data register, queue), so six keep one beat per cycle.
-QUEUE_DEPTH = 6
+#: Entries of the output queue: a credit comes back five cycles after its beat was issued
+#: (issue, memory read, data register, queue, refund), so seven keep one beat per cycle.
+QUEUE_DEPTH = 7
 
 
 class SlidingWindow(wiring.Component):
@@ -147,12 +147,13 @@ class SlidingWindow(wiring.Component):
 
         # Only S0 waits: it issues a beat with a credit, a free entry of the output queue, so
         # the read pipeline behind it runs every cycle.
-        queue, credits = output_queue(m, o, QUEUE_DEPTH)
+        queue = output_queue(m, o, QUEUE_DEPTH)
+        credits = queue.credits
         has_credit = Signal(init=1)
         issue = Signal()
         m.d.comb += issue.eq(has_credit & (done >= need))
         credits_n = Signal.like(credits)
-        m.d.comb += credits_n.eq(credits - issue + (o.valid & o.ready))
+        m.d.comb += credits_n.eq(credits - issue + queue.refund)
         m.d.sync += [credits.eq(credits_n), has_credit.eq(credits_n != 0)]
 
         last_b, last_kx, last_ky = b == nb - 1, kx == k - 1, ky == k - 1
@@ -216,8 +217,8 @@ class SlidingWindow(wiring.Component):
             s2_data.eq(rd.data),
         ]
         m.d.comb += [
-            queue.w_en.eq(s2_valid),
-            queue.w_data.eq(Cat(Mux(s2_pad, pad_word, s2_data), s2_last)),
+            queue.push.eq(s2_valid),
+            queue.data.eq(Cat(Mux(s2_pad, pad_word, s2_data), s2_last)),
         ]
         return m
 
