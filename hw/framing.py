@@ -23,7 +23,8 @@ from ..protocol import (
 )
 from .uart import ByteLayout
 
-__all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "bank_words", "Unescaper", "FrameRx",
+__all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "bank_words", "ByteRegister",
+           "Unescaper", "FrameRx",
            "ByteSerializer", "FrameTx"]
 
 #: An un-escaped received byte; ``start`` marks a raw START (the byte value is then moot).
@@ -61,6 +62,24 @@ def bank_words(max_payload: int, unit: int, width: int = 8) -> int:
     items, rest = divmod(max_payload, unit)
     words = items * -(-unit // per_word) + -(-rest // per_word)
     return 1 << ceil_log2(max(words, 1))
+
+
+class ByteRegister(wiring.Component):
+    """A register slice for a slow byte stream: ``i.ready`` is ``~o.valid``, a flip-flop, so
+    neither valid nor ready passes through combinationally. It takes a byte every other cycle
+    at most, far more than a UART delivers (one per ten bit times)."""
+
+    i: In(stream.Signature(RxByteLayout))
+    o: Out(stream.Signature(RxByteLayout))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(self.i.payload)]
+        return m
 
 
 class Unescaper(wiring.Component):

@@ -30,7 +30,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
 
 from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
-from .framing import FrameRx, FrameTx, Unescaper, bank_words
+from .framing import ByteRegister, FrameRx, FrameTx, Unescaper, bank_words
 from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
 from .uart import ByteLayout, UARTRx, UARTTx
 
@@ -138,6 +138,9 @@ class HostLink(wiring.Component):
         m = Module()
         info = self.info
         m.submodules.unescaper = unescaper = Unescaper()
+        # Between the unescaper and the frame decoder, so the decoder's phase decode and the
+        # unescaper's compare chain are not one path.
+        m.submodules.rx_reg = rx_reg = ByteRegister()
         width = self.in_width
         m.submodules.frame_rx = frame_rx = FrameRx(info.max_payload, info.image_size, width)
         words = bank_words(info.max_payload, info.image_size, width)
@@ -155,7 +158,8 @@ class HostLink(wiring.Component):
         m.submodules.frame_tx = frame_tx = FrameTx(self.escaped)
 
         connect(m, flipped(self.rx), unescaper.i)
-        connect(m, unescaper.o, frame_rx.i)
+        connect(m, unescaper.o, rx_reg.i)
+        connect(m, rx_reg.o, frame_rx.i)
         connect(m, frame_rx.wr, buffer.write_port(granularity=8))
         connect(m, frame_rx.req, responder.req)
         connect(m, responder.replay, replay.ctl)

@@ -18,7 +18,14 @@ from streams import recv, rule_checker, run, send
 
 from bnnflow import packing, reference
 from bnnflow.hw.mvtu import MVTU, beat_layout, rom_value
-from bnnflow.hw.popcount import adder_tree, popcount, popcount_width, tree_levels, tree_stages
+from bnnflow.hw.popcount import (
+    LEVELS_PER_STAGE,
+    adder_tree,
+    popcount,
+    popcount_width,
+    tree_levels,
+    tree_stages,
+)
 from bnnflow.hw.storage import LUT_MAX_DEPTH, weight_storage
 from bnnflow.ir import Dense, Thresholds
 
@@ -232,7 +239,7 @@ def test_adder_tree_pipelined_with_stalls(n, signed_terms):
     """The pipelined tree against Python's sum, its registers held while ``en`` is low."""
     assert tree_levels(n) == (n - 1).bit_length()
     stages = tree_stages(n)
-    assert stages == max(1, -(-tree_levels(n) // 3))
+    assert stages == max(1, -(-tree_levels(n) // LEVELS_PER_STAGE))
     lo, hi = (-8, 8) if signed_terms else (0, 2)
     m = Module()
     en = Signal()

@@ -51,9 +51,11 @@ def test_rom_luts():
 
 def test_tree_profile_counts_adders_and_stage_registers():
     # 8 one-bit terms: 4 two-bit, 2 three-bit, 1 four-bit adders, in one stage of 3 levels.
-    assert resources.tree_profile(8) == (4 * 2 + 2 * 3 + 4, 0, 1)
+    assert resources.tree_profile(8, levels_per_stage=3) == (4 * 2 + 2 * 3 + 4, 0, 1)
     # 16 terms: the fourth level runs after a register of the two 4-bit partial sums.
-    assert resources.tree_profile(16) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 2 * 4, 2)
+    assert resources.tree_profile(16, levels_per_stage=3) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 2 * 4, 2)
+    # Two levels per stage (the generator's): 8 terms register their two 3-bit sums.
+    assert resources.tree_profile(8) == (4 * 2 + 2 * 3 + 4, 2 * 3, 2)
 
 
 def _tfc():
