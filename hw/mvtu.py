@@ -11,21 +11,23 @@ Datapath, one register stage per line::
     input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD)
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
-    S2  weight word of that step, registered; input bits (LUT ROM: their XNOR, see below)
+    S2  block RAM data registered next to the block RAM, or the LUT ROM's address copies
+    S3  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
     P1…Pk  PE adder trees over xnor(w, x), a register every 3 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
 
 Design choices:
 
-* Every stage is a short piece of logic (at most three adder levels, one carry-chain add, or
-  one compare), so the unit is not what limits the clock; the price is ``k + 5`` cycles of
-  latency (:meth:`MVTU.pipeline_latency`), the same whatever the weight storage.
+* Every stage is a short piece of logic (at most two adder levels, one carry-chain add, or
+  one compare), so the unit is not what limits the clock; the price is ``k + 8`` cycles of
+  latency (:meth:`MVTU.pipeline_latency`, counted from the input beat to the output), the
+  same whatever the weight storage.
 * Weight storage follows the fold depth ``NF*SF`` (:mod:`bnnflow.hw.storage`): constants when a
   layer is fully parallel, so the XNOR disappears into the popcount's first LUTs; a LUT ROM
   indexed by the step address when each lane cycles through few weights, where one LUT4 holds
-  an 8-entry ROM together with the XNOR and the S2 register takes the XNOR bits; block RAM when
-  it cycles through many, its read data registered once more in the fabric (S2). The
+  an 8-entry ROM together with the XNOR and the S3 register takes the XNOR bits; block RAM when
+  it cycles through many, its read data registered twice more in the fabric (S2, S3). The
   threshold memory (``NF`` words) follows the same rule.
 * The input is double-buffered: the fill register collects vector ``k+1`` while the compute
   register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
@@ -220,7 +222,7 @@ class MVTU(wiring.Component):
     @staticmethod
     def pipeline_latency(simd: int) -> int:
         """:attr:`latency` of an MVTU with ``simd`` inputs per step, whatever its storage."""
-        return 5 + tree_stages(simd) + 2
+        return 6 + tree_stages(simd) + 2
 
     @staticmethod
     def queue_depth(simd: int, sf: int) -> int:
@@ -312,18 +314,18 @@ class MVTU(wiring.Component):
         lanes_in = self._weights(m, addr, x[:simd * eb])
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                    "nf": range(nf_n)})
-        s1, s2 = Signal(flags), Signal(flags)
+        s1, s2, s3 = Signal(flags), Signal(flags), Signal(flags)
         m.d.sync += [
             s1.valid.eq(step), s1.nf.eq(nf), s1.final.eq(final),
             s1.first.eq(sf == 0), s1.last.eq(sf_last),
-            s2.eq(s1),
+            s2.eq(s1), s3.eq(s2),
         ]
 
         # S2..: per PE lane, the pipelined popcount of xnor(w, x) (or signed level sum).
         lane_shape = self.acc_shape if eb > 1 else unsigned(popcount_width(simd))
         sums = [adder_tree(m, None, terms, lane_shape, f"lane{p}")
                 for p, terms in enumerate(lanes_in)]
-        chain = [s2]
+        chain = [s1, s2, s3]
         for k in range(self.tree_stages):
             reg = Signal(flags, name=f"flags_p{k + 1}")
             m.d.sync += reg.eq(chain[-1])
@@ -331,7 +333,7 @@ class MVTU(wiring.Component):
         tail = chain[-1]
 
         # Accumulator stage: sum over sf, its enable and clear replicated per group of PEs.
-        # The threshold word of output group nf is addressed two stages ahead, so it arrives
+        # The threshold word of output group nf is addressed three stages ahead, so it arrives
         # (registered) together with the group's final total.
         acc = Signal(data.ArrayLayout(self.acc_shape, pe))
         per = max(1, FANOUT // self.acc_shape.width)
@@ -343,7 +345,7 @@ class MVTU(wiring.Component):
         for p in range(pe):
             with m.If(valid[p // per]):
                 m.d.sync += acc[p].eq(Mux(first[p // per], 0, acc[p]) + sums[p])
-        lanes = self._activate(m, chain[-2].nf, acc)
+        lanes = self._activate(m, chain[-3].nf, acc)
 
         # Result register: threshold compare (or the counts) of the completed group, into the
         # queue, which has room for it by the credit its step took.
@@ -356,7 +358,7 @@ class MVTU(wiring.Component):
     def _weights(self, m: Module, addr: Value, x: Value) -> list[list[Value]]:
         """Stages S1 and S2: the terms each PE lane sums, one per SIMD input.
 
-        The weight word of step ``addr`` is registered two cycles later, whatever its storage
+        The weight word of step ``addr`` is registered three cycles later, whatever its storage
         (:meth:`_storage`), together with the input slice ``x`` delayed beside it.
         """
         pe, simd, eb = self.pe, self.simd, self.elem_bits
@@ -365,29 +367,31 @@ class MVTU(wiring.Component):
         # lanes, so no input bit (or its negation, for an integer layer) fans out further.
         copies = copies_for(pe, PE_PER_COPY)
         kind = self.weight_storage
+        s1_x, s2_x = Signal(simd * eb), Signal(simd * eb)
+        m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x)]
         if kind == "lut" and eb == 1:
-            # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S2
-            # register takes the XNOR bits, so the input slice needs no second register.
-            s1_x = replicated(m, "s1_x", x, copies)
-            s2_bits = Signal(pe * simd)
-            rom = _rom(m, "weights", words, pe * simd, addr)
-            xs = Cat(s1_x[p // PE_PER_COPY] for p in range(pe))
-            m.d.sync += s2_bits.eq(~(rom ^ xs))
-            return [[s2_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        s1_x = Signal(simd * eb)
-        m.d.sync += s1_x.eq(x)
-        s2_xs = replicated(m, "s2_x", s1_x, copies)
+            # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S3
+            # register takes the XNOR bits, so the input slice needs no third register.
+            s1_addr = Signal.like(addr, name="weights_addr")
+            m.d.sync += s1_addr.eq(addr)
+            x_copies = replicated(m, "s2_x", s1_x, copies)
+            s3_bits = Signal(pe * simd)
+            rom = _rom(m, "weights", words, pe * simd, s1_addr)
+            xs = Cat(x_copies[p // PE_PER_COPY] for p in range(pe))
+            m.d.sync += s3_bits.eq(~(rom ^ xs))
+            return [[s3_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
+        s3_xs = replicated(m, "s3_x", s2_x, copies)
         w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
         if eb == 1:
-            return [[~(w_lanes[p][s] ^ s2_xs[p // PE_PER_COPY][s]) for s in range(simd)]
+            return [[~(w_lanes[p][s] ^ s3_xs[p // PE_PER_COPY][s]) for s in range(simd)]
                     for p in range(pe)]
         out = []
         for p in range(pe):
-            s2_x = s2_xs[p // PE_PER_COPY]
+            s3_x = s3_xs[p // PE_PER_COPY]
             terms = []
             for s in range(simd):
-                level = s2_x[s * eb:(s + 1) * eb].as_signed()
+                level = s3_x[s * eb:(s + 1) * eb].as_signed()
                 terms.append(Mux(w_lanes[p][s], level, -level))
             out.append(terms)
         return out
@@ -395,25 +399,28 @@ class MVTU(wiring.Component):
     @staticmethod
     def _storage(m: Module, name: str, kind: str, words: list[int], width: int,
                  addr: Value) -> Value:
-        """Word ``addr`` of a ROM stored as ``kind``, registered two cycles later.
+        """Word ``addr`` of a ROM stored as ``kind``, registered three cycles later.
 
-        Block RAM: the synchronous read, then a fabric register. An ECP5 DP16KD read without
-        its output register has a clock-to-output delay of about 6 ns, and its word fans out
-        across many lanes, so the register keeps that delay off every logic path. A LUT ROM
-        registers its address, then its data, to match.
+        Block RAM: the synchronous read, then two fabric registers. An ECP5 DP16KD read without
+        its output register (which Yosys does not use) has a clock-to-output delay of about
+        5.6 ns, which leaves too little of 8 ns to reach a register placed among the lanes; the
+        first register sits next to the block RAM, the second among the lanes. A LUT ROM
+        registers its address twice (the copies second), then its data, to match.
         """
         if kind == "const":
             return Const(words[0], width)
         word = Signal(width, name=f"{name}_word")
         if kind == "lut":
-            m.d.sync += word.eq(_rom(m, name, words, width, addr))
+            s1_addr = Signal.like(addr, name=f"{name}_addr")
+            m.d.sync += [s1_addr.eq(addr), word.eq(_rom(m, name, words, width, s1_addr))]
             return word
         # Yosys would otherwise turn a wide, shallow ROM into logic; block RAM is the point here.
         m.submodules[name] = mem = Memory(shape=unsigned(width), depth=len(words), init=words,
                                           attrs={"ram_style": "block", "rom_style": "block"})
         port = mem.read_port()
+        near = Signal(width, name=f"{name}_read")
         m.d.comb += port.addr.eq(addr)
-        m.d.sync += word.eq(port.data)
+        m.d.sync += [near.eq(port.data), word.eq(near)]
         return word
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
@@ -445,7 +452,7 @@ class MVTU(wiring.Component):
 
     def _activate(self, m: Module, nf: Value, total: Value) -> Value:
         """The output lanes for the accumulated counts ``total``; ``nf`` is the output group
-        two stages ahead, so its threshold word arrives together with ``total``."""
+        three stages ahead, so its threshold word arrives together with ``total``."""
         if self.layer.is_scores:
             return total.as_value()
         if self.layer.integer_input:

@@ -324,8 +324,8 @@ def word_columns(words, width: int) -> tuple[int, int]:
 
 
 def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float, int]:
-    """LUT4, FF and EBR of a ROM read two enabled cycles after its address (the MVTU's
-    storage: block RAM plus a fabric register, or a registered address and a LUT ROM), with
+    """LUT4, FF and EBR of a ROM read three cycles after its address (the MVTU's storage:
+    block RAM plus two fabric registers, or a twice registered address and a LUT ROM), with
     ``columns`` = (varying, constant-1) bit columns."""
     varying, ones = columns
     if kind == "const" or varying == 0:
@@ -333,7 +333,7 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
     if kind == "bram":
         # The MVTU marks these memories ram_style/rom_style "block", so Yosys takes block RAM
         # even where memory_map() would pick logic.
-        return 0.0, float(varying + ones), ebr_blocks(varying, depth)[0]
+        return 0.0, float(2 * (varying + ones)), ebr_blocks(varying, depth)[0]
     return varying * rom_luts(depth), float(varying + ones + _bits(depth)), 0
 
 
@@ -366,14 +366,14 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     columns = weight_columns(weights, pe, simd)
     if storage == "lut" and not integer:
         # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together (a deeper ROM
-        # takes one more LUT4 for the XNOR); the S2 register takes the XNOR bits (every lane,
+        # takes one more LUT4 for the XNOR); the S3 register takes the XNOR bits (every lane,
         # constant columns too: x varies).
         w_luts = lanes * (1.0 if depth <= 8 else rom_luts(depth) + 1)
         w_regs, weight_ebr = float(lanes + _bits(depth)), 0
-        x_regs = simd * x_copies
+        x_regs = simd * (2 + x_copies)
     else:
         w_luts, w_regs, weight_ebr = _rom(storage, columns, depth)
-        x_regs = simd * eb * (1 + x_copies)
+        x_regs = simd * eb * (2 + x_copies)
     t_luts = t_regs = 0.0
     threshold_ebr = 0
     if hidden:

@@ -159,7 +159,7 @@ def test_throughput_and_latency(mh, mw, pe, simd, in_width, storage):
     # Steady state is exactly one (nf, sf) step per cycle: no bubble between vectors.
     assert np.all(np.diff(tails) == dut.cycles)
     # The latency is the same whatever the storage, and grows with the adder tree only.
-    assert dut.latency == MVTU.pipeline_latency(simd) == 7 + tree_stages(simd)
+    assert dut.latency == MVTU.pipeline_latency(simd) == 8 + tree_stages(simd)
     assert cycles[0] - sent[dut.beats - 1] == dut.latency + dut.sf - 1
 
 
