@@ -67,10 +67,17 @@ def bank_words(max_payload: int, unit: int, width: int = 8) -> int:
 class ByteRegister(wiring.Component):
     """A register slice for a slow byte stream: ``i.ready`` is ``~o.valid``, a flip-flop, so
     neither valid nor ready passes through combinationally. It takes a byte every other cycle
-    at most, far more than a UART delivers (one per ten bit times)."""
+    at most, far more than a UART moves (one per ten bit times).
 
-    i: In(stream.Signature(RxByteLayout))
-    o: Out(stream.Signature(RxByteLayout))
+    Parameters
+    ----------
+    layout
+        The payload layout, :data:`RxByteLayout` by default.
+    """
+
+    def __init__(self, layout=None):
+        layout = RxByteLayout if layout is None else layout
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()

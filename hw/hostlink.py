@@ -30,7 +30,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
 
 from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
-from .framing import ByteRegister, FrameRx, FrameTx, Unescaper, bank_words
+from .framing import ByteRegister, FrameRx, FrameTx, TxByteLayout, Unescaper, bank_words
 from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
 from .uart import ByteLayout, UARTRx, UARTTx
 
@@ -168,7 +168,10 @@ class HostLink(wiring.Component):
         connect(m, replay.o, flipped(self.core_in))
         m.d.comb += meter.in_beat.eq(self.core_in.valid & self.core_in.ready)
         connect(m, flipped(self.core_out), responder.core_out)
-        connect(m, responder.o, frame_tx.i)
+        # Keeps the frame encoder's ready off the responder's 160-bit shift register enable.
+        m.submodules.tx_reg = tx_reg = ByteRegister(TxByteLayout)
+        connect(m, responder.o, tx_reg.i)
+        connect(m, tx_reg.o, frame_tx.i)
         connect(m, frame_tx.o, flipped(self.tx))
         return m
 
