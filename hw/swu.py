@@ -34,7 +34,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .mvtu import beat_layout, output_queue
+from .mvtu import beat_layout, output_queue, wrap_counter
 
 __all__ = ["SlidingWindow", "QUEUE_DEPTH"]
 
@@ -136,14 +136,10 @@ class SlidingWindow(wiring.Component):
         # with no multiplier. The rows an output row needs and the rows it releases depend on
         # `oy` alone and come from tables.
         ow, oh = self.ow, self.oh
-        b = Signal(range(nb))
-        kx, ky = Signal(range(k)), Signal(range(k))
-        ox, oy = Signal(range(ow)), Signal(range(oh))
         ix0 = Signal(range(-p, w + s + 1), init=-p)  # input column of the window's kx = 0
         iy0 = Signal(range(-p, h + s + 1), init=-p)
         raddr = Signal(range(depth), init=self._address(0, 0, 0, 0, 0))
         need_tab, release_tab = self._row_tables()
-        need = Array(Const(v, range(self.rows + 1)) for v in need_tab)[oy]
 
         # Only S0 waits: it issues a beat with a credit, a free entry of the output queue, so
         # the read pipeline behind it runs every cycle.
@@ -151,52 +147,46 @@ class SlidingWindow(wiring.Component):
         credits = queue.credits
         has_credit = Signal(init=1)
         issue = Signal()
-        m.d.comb += issue.eq(has_credit & (done >= need))
         credits_n = Signal.like(credits)
         m.d.comb += credits_n.eq(credits - issue + queue.refund)
         m.d.sync += [credits.eq(credits_n), has_credit.eq(credits_n != 0)]
 
-        last_b, last_kx, last_ky = b == nb - 1, kx == k - 1, ky == k - 1
-        last_ox, last_row = ox == ow - 1, oy == oh - 1
-        row_end = last_b & last_kx
-        win_last = row_end & last_ky
-        with m.If(issue & win_last & last_ox):
+        # The walk's counters keep their wrap flags in registers (wrap_counter), so the address
+        # step below is chosen by flip-flops, then added in two parallel carry chains.
+        row_end, win_last, frame_end = Signal(), Signal(), Signal()
+        b, last_b, _ = wrap_counter(m, "b", nb, issue)
+        kx, last_kx, _ = wrap_counter(m, "kx", k, issue & last_b)
+        ky, last_ky, _ = wrap_counter(m, "ky", k, issue & row_end)
+        ox, last_ox, _ = wrap_counter(m, "ox", ow, issue & win_last)
+        oy, last_row, _ = wrap_counter(m, "oy", oh, issue & frame_end)
+        m.d.comb += [
+            row_end.eq(last_b & last_kx),
+            win_last.eq(row_end & last_ky),
+            frame_end.eq(win_last & last_ox),
+        ]
+        need = Array(Const(v, range(self.rows + 1)) for v in need_tab)[oy]
+        m.d.comb += issue.eq(has_credit & (done >= need))
+        with m.If(issue & frame_end):
             m.d.comb += release.eq(Array(Const(v, range(self.rows + 1))
                                          for v in release_tab)[oy])
-        deltas = self._deltas()
         delta = Signal(range(depth))
-        with m.If(~row_end):
-            m.d.comb += delta.eq(deltas[0])
-        with m.Elif(~last_ky):
-            m.d.comb += delta.eq(deltas[1])
-        with m.Elif(~last_ox):
-            m.d.comb += delta.eq(deltas[2])
-        with m.Elif(~last_row):
-            m.d.comb += delta.eq(deltas[3])
-        with m.Else():
-            m.d.comb += delta.eq(deltas[4])
+        delta_wrapped = Signal(range(-depth, 0))  # delta - depth
+        # Next beat unless the window row ends, next window row unless the window ends, and so
+        # on. Separate `If`s, where the last true one wins: from the frame step down.
+        steps = zip([~row_end, ~last_ky, ~last_ox, ~last_row, Const(1)], self._deltas(),
+                    strict=True)
+        for flag, d in reversed(list(steps)):
+            with m.If(flag):
+                m.d.comb += [delta.eq(d), delta_wrapped.eq(d - depth)]
         ahead = Signal(range(2 * depth))
         wrapped = Signal(range(-depth, depth))
-        m.d.comb += [ahead.eq(raddr + delta), wrapped.eq(raddr + delta - depth)]
+        m.d.comb += [ahead.eq(raddr + delta), wrapped.eq(raddr + delta_wrapped)]
         with m.If(issue):
-            m.d.sync += [
-                raddr.eq(Mux(wrapped < 0, ahead, wrapped)),
-                b.eq(Mux(last_b, 0, b + 1)),
-            ]
-            with m.If(last_b):
-                m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
-            with m.If(row_end):
-                m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
+            m.d.sync += raddr.eq(Mux(wrapped < 0, ahead, wrapped))
             with m.If(win_last):
-                m.d.sync += [
-                    ox.eq(Mux(last_ox, 0, ox + 1)),
-                    ix0.eq(Mux(last_ox, -p, ix0 + s)),
-                ]
-            with m.If(win_last & last_ox):
-                m.d.sync += [
-                    oy.eq(Mux(last_row, 0, oy + 1)),
-                    iy0.eq(Mux(last_row, -p, iy0 + s)),
-                ]
+                m.d.sync += ix0.eq(Mux(last_ox, -p, ix0 + s))
+            with m.If(frame_end):
+                m.d.sync += iy0.eq(Mux(last_row, -p, iy0 + s))
 
         iy, ix = iy0 + ky, ix0 + kx
         pad = Signal()
