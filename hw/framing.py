@@ -21,6 +21,7 @@ from ..protocol import (
     ErrorCode,
     check_escaped,
 )
+from .fanout import copies_for, replicated
 from .uart import ByteLayout
 
 __all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "bank_words", "ByteRegister",
@@ -291,18 +292,38 @@ class ByteSerializer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         shreg = Signal(8 * self.size)
-        left = Signal(range(self.size + 1))  # bytes left after the one on the output
+        left = Signal(range(self.size + 1))  # bytes left after the next one
         final = Signal()
+        last = Signal()  # the shift register's next byte is the word's last
+        o = self.o
+        # The output byte is a register of its own, refilled from the shift register when it
+        # is empty: the shift register's enables then depend on flip-flops (replicated, one
+        # copy per 32 bits) and on `load`, never on the consumer's ready. One byte every
+        # other cycle at most, far above a UART's rate.
+        idle_n, out_n, refill = Signal(), Signal(), Signal()
         idle = Signal(init=1)
-        last = Signal()  # the output byte is the word's last
-        m.d.comb += [self.idle.eq(idle), self.o.valid.eq(~idle),
-                     self.o.payload.data.eq(shreg[:8]), self.o.payload.last.eq(final & last)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += [shreg.eq(shreg >> 8), left.eq(left - 1), last.eq(left == 1),
-                         idle.eq(last)]
+        m.d.comb += [
+            self.idle.eq(idle),
+            refill.eq(~o.valid & ~idle),
+            out_n.eq(refill | (o.valid & ~o.ready)),
+            idle_n.eq(Mux(self.load & idle, 0, Mux(refill, last, idle))),
+        ]
+        m.d.sync += [idle.eq(idle_n), o.valid.eq(out_n)]
+        chunks = copies_for(len(shreg), 32)
+        idle_k = replicated(m, "ser_idle", idle_n, chunks)
+        empty_k = replicated(m, "ser_empty", ~out_n, chunks)
+        for k in range(chunks):
+            lo, hi = 32 * k, min(len(shreg), 32 * (k + 1))
+            with m.If(self.load & idle_k[k]):
+                m.d.sync += shreg[lo:hi].eq(self.word[lo:hi])
+            with m.Elif(empty_k[k] & ~idle_k[k]):
+                m.d.sync += shreg[lo:hi].eq((shreg >> 8)[lo:hi])
+        with m.If(refill):
+            m.d.sync += [o.payload.data.eq(shreg[:8]), o.payload.last.eq(final & last),
+                         left.eq(left - 1), last.eq(left == 1)]
         with m.If(self.load & idle):
-            m.d.sync += [shreg.eq(self.word), left.eq(self.count - 1), final.eq(self.last),
-                         idle.eq(0), last.eq(self.count == 1)]
+            m.d.sync += [left.eq(self.count - 1), final.eq(self.last),
+                         last.eq(self.count == 1)]
         return m
 
 

@@ -105,7 +105,10 @@ class SlidingWindow(wiring.Component):
         k, s, p, h, w, nb = self.k, self.s, self.p, self.h, self.w, self.b
         rw, depth = self.row_words, self.depth
 
-        m.submodules.lines = lines = Memory(shape=unsigned(self.width), depth=depth, init=[])
+        # The reader never wants a row the writer is filling (a padded read of one is discarded),
+        # so the block RAM needs no read/write collision bypass (boards.build.NO_RW_CHECK).
+        m.submodules.lines = lines = Memory(shape=unsigned(self.width), depth=depth, init=[],
+                                            attrs={"no_rw_check": 1})
         wr = lines.write_port()
         rd = lines.read_port()
 
