@@ -313,11 +313,11 @@ class ByteSerializer(wiring.Component):
         idle_k = replicated(m, "ser_idle", idle_n, chunks)
         empty_k = replicated(m, "ser_empty", ~out_n, chunks)
         for k in range(chunks):
+            # Idle, it can only load; busy, only shift: the data multiplexer follows the idle
+            # copy, and `load` reaches one enable per chunk, not every bit.
             lo, hi = 32 * k, min(len(shreg), 32 * (k + 1))
-            with m.If(self.load & idle_k[k]):
-                m.d.sync += shreg[lo:hi].eq(self.word[lo:hi])
-            with m.Elif(empty_k[k] & ~idle_k[k]):
-                m.d.sync += shreg[lo:hi].eq((shreg >> 8)[lo:hi])
+            with m.If(Mux(idle_k[k], self.load, empty_k[k])):
+                m.d.sync += shreg[lo:hi].eq(Mux(idle_k[k], self.word[lo:hi], (shreg >> 8)[lo:hi]))
         with m.If(refill):
             m.d.sync += [o.payload.data.eq(shreg[:8]), o.payload.last.eq(final & last),
                          left.eq(left - 1), last.eq(left == 1)]
