@@ -417,12 +417,20 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
             "weight_ebr": weight_ebr, "threshold_ebr": threshold_ebr}
 
 
+def _soft_ram_luts(kind: str, width: int, depth: int) -> float:
+    """LUT4 of a writable memory Yosys did not put in block RAM: ``DPR16X4`` LUT RAM (six
+    slots each, read multiplexers beyond 16 words) for ``kind == "lutram"``, else logic (a
+    register per bit and a ROM-like read)."""
+    if kind == "lutram":
+        return 6 * ceil(width / 4) * ceil(depth / 16) + width * rom_luts(ceil(depth / 16))
+    return width * (rom_luts(depth) + 1)
+
+
 def _queue(width: int, depth: int) -> tuple[float, float]:
     """LUT4 and FF of a credit-fed output queue (Amaranth ``SyncFIFO``, asynchronous read):
     its LUT RAM, two pointers and a level counter, and the credit counter beside it."""
     mem = memory_map(width, depth, writable=True)
-    luts = 6 * ceil(width / 4) * ceil(depth / 16) if mem.kind == "lutram" \
-        else width * (rom_luts(depth) + 1)
+    luts = _soft_ram_luts(mem.kind, width, depth)  # an asynchronous read: never block RAM
     counters = 4 * _bits(depth + 1)
     return luts + 2 * counters, counters + (width * depth if mem.kind == "logic" else 0)
 
@@ -440,12 +448,10 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
     ow = (w + 2 * padding - kernel) // stride + 1
     mem = memory_map(width, depth, writable=True)
     mem_luts = mem_regs = 0.0
-    if mem.kind == "lutram":
-        mem_luts = 6 * ceil(width / 4) * ceil(depth / 16) + width * rom_luts(ceil(depth / 16))
-        mem_regs = width  # the synchronous read, emulated after the asynchronous LUT RAM
-    elif mem.kind == "logic":
-        mem_luts = width * (rom_luts(depth) + 1)
-        mem_regs = width * depth
+    if mem.kind != "bram":
+        mem_luts = _soft_ram_luts(mem.kind, width, depth)
+        # The synchronous read, emulated after the asynchronous LUT RAM; or every bit.
+        mem_regs = width if mem.kind == "lutram" else width * depth
     span = _bits(h + w + 2 * stride + 2 * padding + kernel + 1)
     counter_bits = (_bits(rows + 1) + 2 * _bits(depth) + _bits(w * nb) + _bits(nb)
                     + 2 * _bits(kernel) + _bits(ow) + _bits(oh) + 2 * span)
@@ -465,11 +471,7 @@ def _fifo(layer, elems: int) -> dict:
 
     width, depth = elems + 1, fifo_depth(layer, elems)
     mem = memory_map(width, depth, writable=True)
-    mem_luts = 0.0
-    if mem.kind == "lutram":
-        mem_luts = 6 * ceil(width / 4) * ceil(depth / 16) + width * rom_luts(ceil(depth / 16))
-    elif mem.kind == "logic":
-        mem_luts = width * (rom_luts(depth) + 1)
+    mem_luts = 0.0 if mem.kind == "bram" else _soft_ram_luts(mem.kind, width, depth)
     counters = 3 * _bits(depth + 1)
     return {"lut": {"fifo.luts": mem_luts + 2 * counters},
             "ff": {"fifo.regs": counters + 2 * width + (width * depth if mem.kind == "logic"
