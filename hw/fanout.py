@@ -29,7 +29,8 @@ def copies_for(loads: int, fanout: int = FANOUT) -> int:
     return max(1, -(-loads // fanout))
 
 
-def replicated(m: Module, name: str, value: ValueLike, copies: int) -> list[Signal]:
+def replicated(m: Module, name: str, value: ValueLike, copies: int, *,
+               reset_less: bool = False) -> list[Signal]:
     """``copies`` registers that each take ``value`` every cycle (so each equals ``value`` one
     cycle later), named ``<name>_dup<k>``.
 
@@ -43,6 +44,9 @@ def replicated(m: Module, name: str, value: ValueLike, copies: int) -> list[Sign
         What they register.
     copies
         How many; at least 1.
+    reset_less
+        Leave the copies out of the domain's reset: for copies that only steer datapath
+        registers whose contents mean nothing until valid data reaches them.
 
     Returns
     -------
@@ -52,6 +56,7 @@ def replicated(m: Module, name: str, value: ValueLike, copies: int) -> list[Sign
     if copies < 1:
         raise ValueError(f"{name}: {copies} copies")
     value = Value.cast(value)
-    regs = [Signal(value.shape(), name=f"{name}{DUP_SUFFIX}{k}") for k in range(copies)]
+    regs = [Signal(value.shape(), name=f"{name}{DUP_SUFFIX}{k}", reset_less=reset_less)
+            for k in range(copies)]
     m.d.sync += [r.eq(value) for r in regs]
     return regs

@@ -45,6 +45,11 @@ Design choices:
   and step decisions are flip-flops computed a cycle ahead, one copy per 64 bits; a LUT ROM's
   address register has one copy per 64 ROM bits, the accumulator's enable and clear one per
   64 accumulator bits. ``i.ready`` is ``~full | load``, both registers.
+* Only control is reset: valid flags, counters, credits and the queue's pointers. The
+  datapath registers (fill, compute register, input slices, adder trees, accumulators, read
+  data, the replicated enables that steer them) are ``reset_less``, since nothing reads them
+  before a valid flag has passed; a reset net reaching tens of thousands of flip-flops was
+  what limited the clock of CNV (17.7 ns of routing to the LSR pins).
 * Weight and threshold words come from :mod:`bnnflow.packing`, the single definition of their
   bit order, whatever stores them.
 * An integer-input layer (``elem_bits > 1``) uses the same datapath on ``elem_bits``-bit signed
@@ -297,12 +302,12 @@ class MVTU(wiring.Component):
         # has its own copies of the two decisions.
         # A vector whose last beat arrived in the previous cycle is still one shift short in
         # the fill register: it is loaded from `shifted` (`fresh`), any other from `fill`.
-        x = Signal(width)
+        x = Signal(width, reset_less=True)
         rotated = x.rotate_right(simd * eb)
         chunks = copies_for(width)
-        ce = replicated(m, "x_ce", step_n | load_n, chunks)
-        ld = replicated(m, "x_load", load_n, chunks)
-        fresh = replicated(m, "x_fresh", completing, chunks)
+        ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
+        ld = replicated(m, "x_load", load_n, chunks, reset_less=True)
+        fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
         for k in range(chunks):
             lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
             vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi])
@@ -323,7 +328,7 @@ class MVTU(wiring.Component):
 
         # S2..: per PE lane, the pipelined popcount of xnor(w, x) (or signed level sum).
         lane_shape = self.acc_shape if eb > 1 else unsigned(popcount_width(simd))
-        sums = [adder_tree(m, None, terms, lane_shape, f"lane{p}")
+        sums = [adder_tree(m, None, terms, lane_shape, f"lane{p}", reset_less=True)
                 for p, terms in enumerate(lanes_in)]
         chain = [s1, s2, s3]
         for k in range(self.tree_stages):
@@ -335,11 +340,11 @@ class MVTU(wiring.Component):
         # Accumulator stage: sum over sf, its enable and clear replicated per group of PEs.
         # The threshold word of output group nf is addressed three stages ahead, so it arrives
         # (registered) together with the group's final total.
-        acc = Signal(data.ArrayLayout(self.acc_shape, pe))
+        acc = Signal(data.ArrayLayout(self.acc_shape, pe), reset_less=True)
         per = max(1, FANOUT // self.acc_shape.width)
         groups = -(-pe // per)
-        valid = replicated(m, "acc_valid", chain[-2].valid, groups)
-        first = replicated(m, "acc_first", chain[-2].first, groups)
+        valid = replicated(m, "acc_valid", chain[-2].valid, groups, reset_less=True)
+        first = replicated(m, "acc_first", chain[-2].first, groups, reset_less=True)
         a = Signal(flags)
         m.d.sync += a.eq(tail)
         for p in range(pe):
@@ -350,7 +355,7 @@ class MVTU(wiring.Component):
         # Result register: threshold compare (or the counts) of the completed group, into the
         # queue, which has room for it by the credit its step took.
         r_valid, r_last = Signal(), Signal()
-        r_data = Signal(self.out_width)
+        r_data = Signal(self.out_width, reset_less=True)
         m.d.sync += [r_valid.eq(a.valid & a.last), r_data.eq(lanes), r_last.eq(a.final)]
         m.d.comb += [queue.push.eq(r_valid), queue.data.eq(Cat(r_data, r_last))]
         return m
@@ -367,20 +372,20 @@ class MVTU(wiring.Component):
         # lanes, so no input bit (or its negation, for an integer layer) fans out further.
         copies = copies_for(pe, PE_PER_COPY)
         kind = self.weight_storage
-        s1_x, s2_x = Signal(simd * eb), Signal(simd * eb)
+        s1_x, s2_x = Signal(simd * eb, reset_less=True), Signal(simd * eb, reset_less=True)
         m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x)]
         if kind == "lut" and eb == 1:
             # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S3
             # register takes the XNOR bits, so the input slice needs no third register.
-            s1_addr = Signal.like(addr, name="weights_addr")
+            s1_addr = Signal.like(addr, name="weights_addr", reset_less=True)
             m.d.sync += s1_addr.eq(addr)
-            x_copies = replicated(m, "s2_x", s1_x, copies)
-            s3_bits = Signal(pe * simd)
+            x_copies = replicated(m, "s2_x", s1_x, copies, reset_less=True)
+            s3_bits = Signal(pe * simd, reset_less=True)
             rom = _rom(m, "weights", words, pe * simd, s1_addr)
             xs = Cat(x_copies[p // PE_PER_COPY] for p in range(pe))
             m.d.sync += s3_bits.eq(~(rom ^ xs))
             return [[s3_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        s3_xs = replicated(m, "s3_x", s2_x, copies)
+        s3_xs = replicated(m, "s3_x", s2_x, copies, reset_less=True)
         w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
         if eb == 1:
@@ -409,16 +414,16 @@ class MVTU(wiring.Component):
         """
         if kind == "const":
             return Const(words[0], width)
-        word = Signal(width, name=f"{name}_word")
+        word = Signal(width, name=f"{name}_word", reset_less=True)
         if kind == "lut":
-            s1_addr = Signal.like(addr, name=f"{name}_addr")
+            s1_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
             m.d.sync += [s1_addr.eq(addr), word.eq(_rom(m, name, words, width, s1_addr))]
             return word
         # Yosys would otherwise turn a wide, shallow ROM into logic; block RAM is the point here.
         m.submodules[name] = mem = Memory(shape=unsigned(width), depth=len(words), init=words,
                                           attrs={"ram_style": "block", "rom_style": "block"})
         port = mem.read_port()
-        near = Signal(width, name=f"{name}_read")
+        near = Signal(width, name=f"{name}_read", reset_less=True)
         m.d.comb += port.addr.eq(addr)
         m.d.sync += [near.eq(port.data), word.eq(near)]
         return word
@@ -436,14 +441,14 @@ class MVTU(wiring.Component):
         """
         i = self.i_stream
         width, beats = self.in_width, self.beats
-        fill = Signal(width * beats)
-        beat = Signal(width)
+        fill = Signal(width * beats, reset_less=True)
+        beat = Signal(width, reset_less=True)
         m.d.sync += beat.eq(i.p.data)
         shifted = Cat(fill[width:], beat)
         _, count_last, _ = wrap_counter(m, "count", beats, take)
         m.d.comb += completing.eq(take & count_last)
         chunks = copies_for(len(fill))
-        valid = replicated(m, "fill_shift", take, chunks)
+        valid = replicated(m, "fill_shift", take, chunks, reset_less=True)
         for k in range(chunks):
             lo, hi = k * FANOUT, min(len(fill), (k + 1) * FANOUT)
             with m.If(valid[k]):
@@ -494,7 +499,7 @@ def _rom(m: Module, name: str, words: list[int], width: int, addr: Value) -> Val
     """Word ``addr`` of a LUT ROM one cycle later: the address is registered in one copy per
     :data:`~bnnflow.hw.fanout.FANOUT` data bits, each looking up its own bits."""
     chunks = copies_for(width)
-    regs = replicated(m, f"{name}_addr", addr, chunks)
+    regs = replicated(m, f"{name}_addr", addr, chunks, reset_less=True)
     parts = []
     for k, reg in enumerate(regs):
         lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)

@@ -85,7 +85,7 @@ def tree_stages(n: int, levels_per_stage: int = LEVELS_PER_STAGE) -> int:
 
 
 def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str,
-               levels_per_stage: int = LEVELS_PER_STAGE) -> Signal:
+               levels_per_stage: int = LEVELS_PER_STAGE, *, reset_less: bool = False) -> Signal:
     """The registered sum of ``terms``, pipelined every ``levels_per_stage`` adder levels.
 
     Adjacent terms are added pairwise, level by level (an odd one out passes through); after
@@ -108,6 +108,9 @@ def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str
         Prefix of the register names.
     levels_per_stage
         Adder levels between registers.
+    reset_less
+        Leave the registers out of the domain's reset (a datapath whose valid flags travel
+        beside it and are reset instead).
 
     Returns
     -------
@@ -125,11 +128,11 @@ def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str
                      for i in range(0, len(terms), 2)]
             level += 1
         if stage == stages - 1:
-            regs = [Signal(shape, name=f"{name}_sum")]
+            regs = [Signal(shape, name=f"{name}_sum", reset_less=reset_less)]
         else:
             # Each partial sum keeps the width Amaranth gave it: no adder is wider than needed.
-            regs = [Signal(Value.cast(t).shape(), name=f"{name}_l{level}_{k}")
-                    for k, t in enumerate(terms)]
+            regs = [Signal(Value.cast(t).shape(), name=f"{name}_l{level}_{k}",
+                           reset_less=reset_less) for k, t in enumerate(terms)]
         updates = [r.eq(t) for r, t in zip(regs, terms, strict=True)]
         if en is None:
             m.d.sync += updates

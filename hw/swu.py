@@ -202,7 +202,7 @@ class SlidingWindow(wiring.Component):
         # registered again, then the pad value chosen on the way into the queue.
         s1_valid, s1_pad, s1_last = Signal(), Signal(), Signal()
         s2_valid, s2_pad, s2_last = Signal(), Signal(), Signal()
-        s2_data = Signal(self.width)
+        s2_data = Signal(self.width, reset_less=True)
         pad_word = Const((1 << self.width) - 1 if self.pad_bit else 0, self.width)
         m.d.sync += [
             s1_valid.eq(issue), s1_pad.eq(pad), s1_last.eq(win_last),

@@ -10,7 +10,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import Out
 from amaranth.sim import Simulator
@@ -161,6 +161,69 @@ def test_throughput_and_latency(mh, mw, pe, simd, in_width, storage):
     # The latency is the same whatever the storage, and grows with the adder tree only.
     assert dut.latency == MVTU.pipeline_latency(simd) == 8 + tree_stages(simd)
     assert cycles[0] - sent[dut.beats - 1] == dut.latency + dut.sf - 1
+
+
+@pytest.mark.parametrize("storage", [None, "lut", "bram"])
+@pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
+    (12, 24, 12, 24, 7),  # the rule's choice (None) is constants here
+    (12, 24, 4, 8, 3),
+    (16, 96, 4, 48, 16),
+])
+def test_reset_mid_stream(mh, mw, pe, simd, in_width, storage):
+    # The datapath registers are left out of the reset (only valid flags, counters and
+    # credits are reset), so a reset in the middle of a frame must leave nothing behind:
+    # a half-filled vector, steps in flight and a full output queue are all discarded, and
+    # the vectors sent after it come out exact.
+    rng = np.random.default_rng(mh + pe * simd)
+    layer = random_layer(rng, mh, mw)
+    dut = MVTU(layer, pe, simd, in_width, weight_storage=storage)
+    before = input_beats(rng, rng.integers(0, 2, (24, mw)), in_width)
+    before = before[:len(before) - 1]  # the last vector stays incomplete
+    x = rng.integers(0, 2, (10, mw))
+    after = input_beats(rng, x, in_width)
+    top = Module()
+    top.domains.sync = cd = ClockDomain()
+    top.submodules.dut = dut
+    started, got = [], []
+
+    async def source(ctx):
+        # Nothing is taken out: the output queue fills up, S0 waits, the compute register
+        # and the fill register hold whole vectors, and the input stalls on a partial one.
+        budget = len(before) + 24 * dut.cycles + dut.latency
+        beats = iter(before)
+        beat = next(beats)
+        for _ in range(budget):
+            ctx.set(dut.i_stream.payload, beat)
+            ctx.set(dut.i_stream.valid, 1)
+            _, _, ready = await ctx.tick().sample(dut.i_stream.ready)
+            if ready:
+                beat = next(beats, None)
+                if beat is None:
+                    break
+        assert beat is not None and not ctx.get(dut.i_stream.ready), "did not stall"
+        ctx.set(dut.i_stream.valid, 0)
+        ctx.set(cd.rst, 1)
+        await ctx.tick()
+        ctx.set(cd.rst, 0)
+        started.append(True)
+        await send(ctx, dut.i_stream, after, rng=random.Random(1), idle=0.3)
+
+    async def sink(ctx):
+        while not started:
+            ctx.set(dut.o_stream.ready, 0)
+            await ctx.tick()
+        payloads = await recv(ctx, dut.o_stream, len(x) * dut.nf, rng=random.Random(2),
+                              stall=0.3)
+        got.extend((int(p.data), int(p.last)) for p in payloads)
+        await ctx.tick().repeat(dut.latency + dut.cycles)  # nothing more may come out
+        assert not ctx.get(dut.o_stream.valid)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == expected_beats(layer, pe, x)
 
 
 # (mh, mw, pe, simd, in_width, storage): every storage on shapes it is not the rule's choice
