@@ -2,7 +2,9 @@
 
 :func:`build` runs Yosys, nextpnr-ecp5 and ecppack on Amaranth's build plan and writes
 ``report.json`` from the tools' own output: nextpnr's ``--report`` JSON and log for placed
-utilisation and Fmax, Yosys' synthesized netlist for cell counts such as carry chains.
+utilisation and Fmax, Yosys' synthesized netlist for cell counts such as carry chains. Between
+Yosys and nextpnr, :func:`~bnnflow.boards.outreg.absorb_output_registers` moves block-RAM read
+registers into the blocks (``bram_outreg`` in the report).
 """
 
 import json
@@ -17,6 +19,7 @@ from amaranth.lib import wiring
 from bnnflow.hw.fanout import DUP_SUFFIX
 
 from . import cache
+from .outreg import absorb_output_registers
 from .registry import BoardInfo, get_board
 from .toolchain import (
     BUILD_TOOLS,
@@ -128,6 +131,9 @@ def _report(board, name, out, tools_seconds) -> dict:
         "clock_net": clock,
         "clocks": nextpnr["fmax"] or log["fmax"],
         "critical_path": nextpnr["critical_path"],
+        # Read registers moved into the block RAMs (bnnflow.boards.outreg), before nextpnr.
+        "bram_outreg": (json.loads((out / "outreg.json").read_text())
+                        if (out / "outreg.json").exists() else None),
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size,
         "seconds": {step: round(s, 2) for step, s in tools_seconds.items()},
@@ -260,7 +266,8 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     env = toolchain_env(BUILD_TOOLS)
     progress = progress or (lambda step, seconds: None)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", f"{name}_nextpnr.json", f"{name}.config", f"{name}.bit"):
+    for stale in ("report.json", "outreg.json", f"{name}_nextpnr.json", f"{name}.config",
+                  f"{name}.bit"):
         (out / stale).unlink(missing_ok=True)
 
     seconds = {}
@@ -290,5 +297,8 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
             log = out / f"{name}{log_suffix}" if log_suffix else None
             raise _failure(step, code, log, console, board)
         progress(step, seconds[step])
+        if step == "yosys":
+            outreg = absorb_output_registers(out / f"{name}.json")
+            (out / "outreg.json").write_text(json.dumps(outreg))
     seconds["total"] = sum(seconds.values())
     return _report(board, name, out, seconds)

@@ -406,10 +406,11 @@ class MVTU(wiring.Component):
                  addr: Value) -> Value:
         """Word ``addr`` of a ROM stored as ``kind``, registered three cycles later.
 
-        Block RAM: the synchronous read, then two fabric registers. An ECP5 DP16KD read without
-        its output register (which Yosys does not use) has a clock-to-output delay of about
-        5.6 ns, which leaves too little of 8 ns to reach a register placed among the lanes; the
-        first register sits next to the block RAM, the second among the lanes. A LUT ROM
+        Block RAM: the synchronous read (:func:`_bram_read`), then two registers. An ECP5
+        DP16KD read without its output register has a clock-to-output delay of about 5.8 ns,
+        which leaves too little of 8 ns to reach any register not right beside the block.
+        Yosys does not use that output register, so the board build moves the first register
+        into it (:mod:`bnnflow.boards.outreg`); the second sits among the lanes. A LUT ROM
         registers its address twice (the copies second), then its data, to match.
         """
         if kind == "const":
@@ -419,13 +420,8 @@ class MVTU(wiring.Component):
             s1_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
             m.d.sync += [s1_addr.eq(addr), word.eq(_rom(m, name, words, width, s1_addr))]
             return word
-        # Yosys would otherwise turn a wide, shallow ROM into logic; block RAM is the point here.
-        m.submodules[name] = mem = Memory(shape=unsigned(width), depth=len(words), init=words,
-                                          attrs={"ram_style": "block", "rom_style": "block"})
-        port = mem.read_port()
         near = Signal(width, name=f"{name}_read", reset_less=True)
-        m.d.comb += port.addr.eq(addr)
-        m.d.sync += [near.eq(port.data), word.eq(near)]
+        m.d.sync += [near.eq(_bram_read(m, name, words, width, addr)), word.eq(near)]
         return word
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
@@ -471,6 +467,50 @@ class MVTU(wiring.Component):
                              self.pe * lane.size, nf)
         t_lanes = data.View(data.ArrayLayout(lane, self.pe), word)
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
+
+
+#: Data bits of one DP16KD port in its 1,024-word mode, and the words of half a block.
+BRAM_PORT_BITS, BRAM_HALF = 18, 512
+
+
+def _bram_read(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:
+    """Word ``addr`` of a block-RAM ROM, one cycle later (a synchronous read).
+
+    A ROM of at most 512 words is cut into 18-bit columns, two per memory of 1,024 words
+    read through both of its ports: the even column at ``addr``, the odd one at
+    ``addr + 512``. Yosys maps each such memory onto one DP16KD in true dual-port 18-bit
+    mode, as many blocks as its 36-bit pseudo dual-port mode would take, but each port with
+    its own clock, enable and output register, which the board build can then use
+    (:mod:`bnnflow.boards.outreg`); which pins of the 36-bit mode its output register drives
+    is not documented. A deeper ROM is left to Yosys whole (1,024 words or more never use
+    the 36-bit mode).
+    """
+    attrs = {"ram_style": "block", "rom_style": "block"}
+    depth = len(words)
+    addr = Value.cast(addr)
+    if depth > BRAM_HALF:
+        m.submodules[name] = mem = Memory(shape=unsigned(width), depth=depth, init=words,
+                                          attrs=attrs)
+        port = mem.read_port()
+        m.d.comb += port.addr.eq(addr)
+        return port.data
+    parts = []
+    for k, lo in enumerate(range(0, width, 2 * BRAM_PORT_BITS)):
+        mid, hi = min(width, lo + BRAM_PORT_BITS), min(width, lo + 2 * BRAM_PORT_BITS)
+        low = [(w >> lo) & ((1 << (mid - lo)) - 1) for w in words]
+        high = [(w >> mid) & ((1 << (hi - mid)) - 1) for w in words]
+        init = low + [0] * (BRAM_HALF - depth) + high if hi > mid else low
+        m.submodules[f"{name}_{k}"] = mem = Memory(shape=unsigned(mid - lo), depth=len(init),
+                                                   init=init, attrs=attrs)
+        even = mem.read_port()
+        m.d.comb += even.addr.eq(addr)
+        parts.append(even.data)
+        if hi > mid:
+            odd = mem.read_port()
+            half = BRAM_HALF.bit_length() - 1
+            m.d.comb += odd.addr.eq(Cat(addr[:half], Const(0, half - len(addr[:half])), 1))
+            parts.append(odd.data[:hi - mid])
+    return Cat(parts)
 
 
 def wrap_counter(m: Module, name: str, n: int, advance: Value) -> tuple[Signal, Signal, Signal]:
