@@ -4,7 +4,9 @@ from collections.abc import Callable
 
 from amaranth import ClockDomain, Const, Elaboratable, Module, Shape, Signal
 from amaranth.lib import io, wiring
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import FFSynchronizer
+
+from bnnflow.hw.resets import local_reset
 
 from .pll import ECP5PLL
 from .registry import BoardInfo, get_board
@@ -29,11 +31,13 @@ class BoardTop(Elaboratable):
 
     Without a target frequency the ``sync`` domain runs from the board oscillator with a
     power-on reset. With one, it runs from an ECP5 PLL (:mod:`.pll`) at the closest frequency
-    the PLL can make, held in reset until the PLL locks. The UART receive pin goes straight
-    to the host top, whose UART receiver synchronizes it (it is asynchronous to the fabric
-    clock; one synchronizer, not two), and the transmit pin is driven from a register that
-    starts high, so the line idles rather than sending a break while the design comes out
-    of configuration or waits for the PLL.
+    the PLL can make, held in reset until the PLL locks. The domain itself has no reset: the
+    request reaches the host's blocks through its reset tree (:mod:`bnnflow.hw.resets`,
+    ``host.reset_req``), or a registered copy for a host without one. The UART receive pin
+    goes straight to the host top, whose UART receiver synchronizes it (it is asynchronous
+    to the fabric clock; one synchronizer, not two), and the transmit pin is driven from a
+    register that starts high, so the line idles rather than sending a break while the
+    design comes out of configuration or waits for the PLL.
 
     Parameters
     ----------
@@ -75,29 +79,42 @@ class BoardTop(Elaboratable):
             self._MustUse__silence = True
             raise
 
-    def _clock(self, m: Module, platform) -> None:
+    def _clock(self, m: Module, platform) -> Signal:
+        """The ``sync`` domain, and the reset request: high from configuration until two
+        cycles after the PLL locks (two cycles after configuration without a PLL)."""
         board = self.board
         m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request(board.clock, dir="-"))
-        m.domains.sync = cd_sync = ClockDomain("sync")
+        # No reset net of its own: one net to every flip-flop with a reset spans the chip and
+        # takes 7-8 ns to route on a full 85F. The host's blocks are reset by a tree of
+        # registered copies of `request` instead (bnnflow.hw.resets); everything else starts
+        # from its initial value, as after a reset.
+        m.domains.sync = cd_sync = ClockDomain("sync", reset_less=True)
+        request = Signal(name="reset_request")
         if board.pll is None:
             m.d.comb += cd_sync.clk.eq(clk_buf.i)
-            m.submodules.reset_sync = ResetSynchronizer(Const(0), domain="sync")
-            return
+            m.submodules.reset_sync = FFSynchronizer(Const(0), request, init=1)
+            return request
         m.submodules.pll = pll = ECP5PLL(board.pll)
         # No constraint on the PLL output: nextpnr derives it from the oscillator's through
         # the PLL's dividers ("Derived frequency constraint"); Amaranth would attach one to
         # whichever submodule first names the clock net, where nextpnr cannot find it.
         m.d.comb += [pll.clk_in.eq(clk_buf.i), cd_sync.clk.eq(pll.clk_out)]
-        m.submodules.reset_sync = ResetSynchronizer(~pll.locked, domain="sync")
+        m.submodules.reset_sync = FFSynchronizer(~pll.locked, request, init=1)
+        return request
 
     def elaborate(self, platform):
         if platform is None:
             raise TypeError("BoardTop needs the board's platform; simulate the host top instead")
         board = self.board
         m = Module()
-        self._clock(m, platform)
+        request = self._clock(m, platform)
 
-        m.submodules.host = host = self.host
+        host = self.host
+        if isinstance(getattr(host, "reset_req", None), Signal):  # a HostTop: its reset tree
+            m.submodules.host = host
+            m.d.comb += host.reset_req.eq(request)
+        else:
+            m.submodules.host = local_reset(m, "host", host, request)
         link = platform.request(*board.link_resource, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", link.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", link.tx)

@@ -85,9 +85,9 @@ class Argmax(wiring.Component):
     ``i_stream.ready`` depends only on registers: the closing beat of a frame waits, at the
     last stage, while the previous result is still in the output register, and the whole
     block waits with it. The within-beat compare tree is registered after every level
-    (:attr:`stages`), so no path holds more than one comparison. With one beat per frame
-    (``pe = C``) this limits the block to a frame every two cycles, which no folded scores
-    layer outruns.
+    (:attr:`stages`), after a register on the input beat, so no path holds more than one
+    comparison. With one beat per frame (``pe = C``) this limits the block to a frame every
+    two cycles, which no folded scores layer outruns.
     """
 
     def __init__(self, classes: int, pe: int, n: int):
@@ -103,8 +103,14 @@ class Argmax(wiring.Component):
 
     @property
     def stages(self) -> int:
-        """Register stages of the within-beat compare tree: ``ceil(log2(pe))``, one per level."""
-        return ceil_log2(self.pe)
+        """Register stages before the running maximum: :meth:`stage_count` of ``pe``."""
+        return self.stage_count(self.pe)
+
+    @staticmethod
+    def stage_count(pe: int) -> int:
+        """Register stages before the running maximum: the input beat's register, then one
+        per level of the within-beat compare tree, ``1 + ceil(log2(pe))``."""
+        return 1 + ceil_log2(pe)
 
     def elaborate(self, platform):
         m = Module()
@@ -126,14 +132,23 @@ class Argmax(wiring.Component):
                 base.eq(Mux(index == beats - 1, 0, base + pe)),
             ]
 
-        # Stage 0 is the input beat; each further stage is one registered level of the max
-        # tree over (count, lane) pairs, lower lane first so the first maximum wins.
+        # Stage 0 registers the input beat: it comes straight out of the scores layer's
+        # LUT-RAM output queue, with no time left for a comparison. Each further stage is one
+        # registered level of the max tree over (count, lane) pairs, lower lane first so the
+        # first maximum wins.
         beat_scores = Signal(data.ArrayLayout(signed(sw), pe))
         m.d.comb += [beat_scores[p].eq((counts[p] << 1) - self.n) for p in range(pe)]
-        pairs = [(counts[p], Const(p, range(pe))) for p in range(pe)]
-        valid, first, closing, lane0, scores = (i.valid, index == 0, index == beats - 1, base,
-                                                beat_scores)
-        for level in range(self.stages):
+        in_counts = Signal.like(counts, name="in_counts")
+        in_flags = (Signal(name="in_valid"), Signal(name="in_first"), Signal(name="in_closing"),
+                    Signal.like(base, name="in_base"), Signal.like(beat_scores, name="in_scores"))
+        with m.If(en):
+            m.d.sync += in_counts.eq(counts)
+            m.d.sync += [reg.eq(val) for reg, val in zip(
+                in_flags, (i.valid, index == 0, index == beats - 1, base, beat_scores),
+                strict=True)]
+        pairs = [(in_counts[p], Const(p, range(pe))) for p in range(pe)]
+        valid, first, closing, lane0, scores = in_flags
+        for level in range(self.stages - 1):
             merged = []
             for j in range(0, len(pairs), 2):
                 if j + 1 == len(pairs):

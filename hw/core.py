@@ -33,11 +33,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from bnnflow import packing
 from bnnflow.folding import Folding
@@ -47,6 +46,7 @@ from .argmax import Argmax, result_layout, score_width
 from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
+from .resets import local_reset
 from .storage import ebr_count, weight_storage
 from .swu import SlidingWindow
 
@@ -111,10 +111,11 @@ def latency(net: Network, folding: Folding) -> int:
     For dense networks. Holds when the pipeline is idle before the frame and ``m_axis`` is
     ready. Each layer adds its MVTU's :attr:`~MVTU.latency` (which grows with the adder tree
     of its SIMD lanes) plus ``NF*SF - 1`` steps from its first to its last output beat (the
-    next layer starts only once it has the whole vector); the argmax adds one register per
-    level of its compare tree over the final layer's PE lanes, and its output register.
+    next layer starts only once it has the whole vector); the argmax adds its input register,
+    one register per level of its compare tree over the final layer's PE lanes, and its output
+    register.
     """
-    total = 1 + ceil_log2(folding[net.layers[-1].name].pe)
+    total = 1 + Argmax.stage_count(folding[net.layers[-1].name].pe)
     for layer in net.layers:
         f = folding[layer.name]
         steps = (layer.out_features // f.pe) * (layer.in_features // f.simd)
@@ -209,6 +210,9 @@ class BnnCore(wiring.Component):
         self.elems = stream_elems(net, in_width)
         #: Weight storage per layer name, and the estimated DP16KD count (:func:`storage_plan`).
         self.storages, self.ebr_estimate = storage_plan(net, folding, in_width, ebr_budget)
+        #: Reset request of the blocks' reset tree (:mod:`bnnflow.hw.resets`): already
+        #: registered once (the tree's root), driven by :class:`~bnnflow.hw.hostlink.HostTop`.
+        self.reset_req = Signal(name="core_reset_req")
         #: Bits of one frame on ``s_axis`` (pixels count ``pixel_bits`` each).
         self.n_inputs = net.input.size
         if not net.input.binary:
@@ -223,24 +227,26 @@ class BnnCore(wiring.Component):
         net = self.net
         upstream, elems, eb = wiring.flipped(self.s_axis), self.elems, 1
         if not net.input.binary:
-            m.submodules.pixels = pixels = PixelLevels(
-                net.input.levels, elems, packing.pixel_bits(net.input.pixel_max))
+            pixels = PixelLevels(net.input.levels, elems, packing.pixel_bits(net.input.pixel_max))
+            m.submodules.pixels = local_reset(m, "pixels", pixels, self.reset_req)
             wiring.connect(m, upstream, pixels.i_stream)
             upstream, eb = pixels.o_stream, pixels.level_bits
         pixel_order = False  # the stream carries (C, H, W) activations as HWC pixels
         for index, (layer, shape) in enumerate(zip(net.layers, net.shapes(), strict=False)):
             if index > 0 and isinstance(layer, (Conv, MaxPool)):
-                upstream = _row_fifo(m, upstream, layer, elems, f"fifo{index}")
+                upstream = _row_fifo(m, upstream, layer, elems, f"fifo{index}", self.reset_req)
             if isinstance(layer, MaxPool):
                 block = MaxPoolUnit(layer.in_shape, layer.kernel, layer.stride, elems)
-                m.submodules[f"layer{index}"] = block
+                m.submodules[f"layer{index}"] = local_reset(m, f"layer{index}", block,
+                                                            self.reset_req)
                 wiring.connect(m, upstream, block.i_stream)
                 upstream = block.o_stream
                 continue
             if isinstance(layer, Conv):
                 swu = SlidingWindow(layer.in_shape, layer.kernel, layer.stride, layer.padding,
                                     int(layer.pad_value > 0), elems, eb)
-                m.submodules[f"window{index}"] = swu
+                m.submodules[f"window{index}"] = local_reset(m, f"window{index}", swu,
+                                                             self.reset_req)
                 wiring.connect(m, upstream, swu.i_stream)
                 upstream, pixel_order = swu.o_stream, True
                 weights = packing.conv_weight_matrix(layer)
@@ -253,12 +259,13 @@ class BnnCore(wiring.Component):
             matrix = Dense(layer.name, weights, layer.thresholds, layer.integer_input)
             mvtu = MVTU(matrix, f.pe, f.simd, elems * eb, eb, net.input.max_level,
                         self.storages[layer.name])
-            m.submodules[f"layer{index}"] = mvtu
+            m.submodules[f"layer{index}"] = local_reset(m, f"layer{index}", mvtu,
+                                                        self.reset_req)
             wiring.connect(m, upstream, mvtu.i_stream)
             upstream, elems, eb = mvtu.o_stream, f.pe, 1
         final = self.net.layers[-1]
-        m.submodules.argmax = argmax = Argmax(
-            final.out_features, self.folding[final.name].pe, final.in_features)
+        argmax = Argmax(final.out_features, self.folding[final.name].pe, final.in_features)
+        m.submodules.argmax = local_reset(m, "argmax", argmax, self.reset_req)
         wiring.connect(m, upstream, argmax.i_stream)
         wiring.connect(m, argmax.o_stream, wiring.flipped(self.m_axis))
         return m
@@ -279,10 +286,11 @@ def fifo_depth(layer, elems: int) -> int:
     return max(4, min(MAX_FIFO_DEPTH, w * -(-c // elems)))
 
 
-def _row_fifo(m: Module, upstream, layer, elems: int, name: str):
+def _row_fifo(m: Module, upstream, layer, elems: int, name: str, reset_req):
     """Put a :func:`fifo_depth` FIFO after ``upstream``; returns its output stream."""
     width = len(upstream.payload.as_value())
-    m.submodules[name] = fifo = SyncFIFOBuffered(width=width, depth=fifo_depth(layer, elems))
+    fifo = SyncFIFOBuffered(width=width, depth=fifo_depth(layer, elems))
+    m.submodules[name] = local_reset(m, name, fifo, reset_req)
     m.d.comb += [
         fifo.w_stream.payload.eq(upstream.payload.as_value()),
         fifo.w_stream.valid.eq(upstream.valid),

@@ -24,13 +24,14 @@ receiver and be lost (and retried by the driver). The protocol (frame format,
 
 
 from amaranth.back import verilog
-from amaranth.hdl import Module, Shape
+from amaranth.hdl import Module, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
 
 from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
 from .framing import ByteRegister, FrameRx, FrameTx, TxByteLayout, Unescaper, bank_words
+from .resets import local_reset, reset_root
 from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
 from .uart import ByteLayout, UARTRx, UARTTx
 
@@ -227,6 +228,9 @@ class HostTop(wiring.Component):
             max_payload = max(1024, (n_inputs + 7) // 8)
         self.core = core
         self.divisor = divisor
+        #: Reset request for every block (:mod:`bnnflow.hw.resets`), on top of the ``sync``
+        #: domain's own reset; a board top, whose domain has none, drives it.
+        self.reset_req = Signal(name="reset_req")
         self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,
                              escaped=escaped, clk_hz=clk_hz, in_width=_in_width(core),
                              **core_params(core))
@@ -239,10 +243,19 @@ class HostTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
-        m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
-        m.submodules.link = link = self.link
-        m.submodules.core = core = self.core
+        # The reset tree (bnnflow.hw.resets): every block by its own registered copy of the
+        # root, a BnnCore's layers each by theirs.
+        root = reset_root(m, self.reset_req)
+        uart_rx, uart_tx = UARTRx(self.divisor), UARTTx(self.divisor)
+        link, core = self.link, self.core
+        m.submodules.uart_rx = local_reset(m, "uart_rx", uart_rx, root)
+        m.submodules.uart_tx = local_reset(m, "uart_tx", uart_tx, root)
+        m.submodules.link = local_reset(m, "link", link, root)
+        if isinstance(getattr(core, "reset_req", None), Signal):
+            m.submodules.core = core
+            m.d.comb += core.reset_req.eq(root)
+        else:
+            m.submodules.core = local_reset(m, "core", core, root)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         connect(m, uart_rx.o, link.rx)
         connect(m, link.tx, uart_tx.i)

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
+from amaranth.hdl import ClockDomain, Fragment, Module, Signal
 from streams import recv, run, send
 
 from bnnflow import packing, reference
@@ -220,3 +220,50 @@ def test_generate_verilog(tmp_path):
     for port in ("s_axis__payload", "s_axis__valid", "s_axis__ready", "m_axis__payload",
                  "m_axis__valid", "m_axis__ready", "clk", "rst"):
         assert port in text
+
+
+def test_reset_tree_in_a_reset_less_domain():
+    """On a board the ``sync`` domain has no reset and the blocks are reset only through the
+    reset tree (``reset_req``, bnnflow.hw.resets). A request in the middle of a frame, with
+    vectors half filled and results queued in every layer, must clear them all: the frames
+    sent afterwards come out exact, and nothing from before."""
+    rng = np.random.default_rng(31)
+    net = random_network(rng, [32, 16, 16, 10])
+    folding = folding_of(net, (4, 8), (2, 4), (2, 8))
+    dut = BnnCore(net, folding, 8)
+    top = Module()
+    top.domains.sync = ClockDomain(reset_less=True)
+    top.submodules.core = dut
+    request = Signal()
+    top.d.comb += dut.reset_req.eq(request)
+    before = frame_beats(rng, rng.integers(0, 2, (6, 32)), 8)[:-2]
+    bits = rng.integers(0, 2, (12, 32))
+    after = frame_beats(rng, bits, 8)
+    started, results = [], []
+
+    async def source(ctx):
+        for beat in before:  # the sink takes nothing yet: the pipeline fills and stalls
+            ctx.set(dut.s_axis.payload, beat)
+            ctx.set(dut.s_axis.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.s_axis.valid, 0)
+        ctx.set(request, 1)
+        await ctx.tick()
+        ctx.set(request, 0)
+        await ctx.tick().repeat(2)  # the root and the leaves: blocks leave reset now
+        started.append(True)
+        await send(ctx, dut.s_axis, after, rng=random.Random(2), idle=0.2)
+
+    async def sink(ctx):
+        while not started:
+            await ctx.tick()
+        results.extend(await recv(ctx, dut.m_axis, len(bits), rng=random.Random(3),
+                                  stall=0.3))
+        await ctx.tick().repeat(200)
+        assert not ctx.get(dut.m_axis.valid), "a result from before the reset came out"
+
+    run(top, source, sink)
+    ref = reference.run(net, bits, bits=True)
+    np.testing.assert_array_equal([r.cls for r in results], ref.classes)
+    np.testing.assert_array_equal(
+        [[r.scores[k] for k in range(net.num_classes)] for r in results], ref.scores)

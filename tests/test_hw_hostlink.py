@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib.wiring import connect
 from fakecore import FakeCore, byte_host
 from streams import run, uart_recv, uart_send
@@ -200,6 +200,47 @@ def test_hosttop_through_uart_pins():
     assert top.info.max_images == 4
     classes, scores = unpack_results(events[1].payload, CLASSES)
     np.testing.assert_array_equal(scores, core.predict(bits)[1])
+
+
+def test_hosttop_reset_tree_stops_a_response():
+    """In a reset-less domain (a board build) ``reset_req`` resets every block through the
+    reset tree: a response half sent stops, the line goes idle, and the next request is
+    answered in full."""
+    divisor = 4
+    core = FakeCore(N_INPUTS, CLASSES)
+    top = HostTop(core, DESIGN_ID.hex(), divisor, max_payload=12)
+    m = Module()
+    m.domains.sync = ClockDomain(reset_less=True)
+    m.submodules.top = top
+    request = Signal()
+    m.d.comb += top.reset_req.eq(request)
+    events = []
+
+    async def host(ctx):
+        ctx.set(top.rx, 1)
+        await ctx.tick().repeat(10)
+        await uart_send(ctx, top.rx, encode_frame(Command.IDENTIFY, 1), divisor)
+        while ctx.get(top.tx):  # the response starts
+            await ctx.tick()
+        await ctx.tick().repeat(3 * 10 * divisor)  # three bytes into it
+        ctx.set(request, 1)
+        await ctx.tick()
+        ctx.set(request, 0)
+        await ctx.tick().repeat(3)
+        for _ in range(40 * 10 * divisor):  # the rest of the response never comes
+            assert ctx.get(top.tx), "the transmitter kept sending through the reset"
+            await ctx.tick()
+        await uart_send(ctx, top.rx, encode_frame(Command.IDENTIFY, 2), divisor)
+
+    async def host_rx(ctx):
+        decoder = FrameDecoder()
+        while not any(e.seq == 2 for e in events if hasattr(e, "seq")):
+            events.extend(decoder.feed(bytes([(await uart_recv(ctx, top.tx, divisor))[0]])))
+
+    run(m, host, host_rx)
+    answers = [e for e in events if isinstance(e, Frame)]
+    assert [e.seq for e in answers] == [2]
+    assert DeviceInfo.unpack(answers[0].payload) == top.info
 
 
 def test_hosttop_needs_input_size():

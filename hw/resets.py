@@ -1,0 +1,57 @@
+"""Reset distribution: a registered copy of the reset for every block.
+
+A ``sync`` domain's reset is one net to every flip-flop that has a reset, all over the chip.
+On an ECP5-85F filled by a network it spends 7–8 ns in routing from the reset synchronizer
+to the far corner, which alone misses a 125 MHz clock (SFC at 256 cycles per frame, after
+the block-RAM reads were fixed). The usual cure is a reset tree: the request is registered
+once (the root), then once more per block (a leaf), and each block is reset by its own leaf
+through :class:`~amaranth.hdl.ResetInserter`. The root drives only a few dozen leaves, each
+leaf only its block's control registers (the datapath is ``reset_less``), and every block
+leaves reset in the same cycle, two after the request falls.
+
+A board build (:class:`bnnflow.boards.top.BoardTop`) makes its ``sync`` domain reset-less,
+so the tree is the only reset: it drives :attr:`reset_req` of the host top. In simulation
+the domain keeps its reset and the request is never raised, so blocks behave as before;
+:func:`local_reset` leaves are named like :func:`~bnnflow.hw.fanout.replicated` copies, so
+the board build keeps them apart.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Elaboratable, Module, ResetInserter, Signal, Value
+
+from .fanout import DUP_SUFFIX
+
+__all__ = ["reset_root", "local_reset"]
+
+
+def reset_root(m: Module, request: Value) -> Signal:
+    """The root of a reset tree: ``request`` registered once (``sync``, no reset itself)."""
+    root = Signal(name="reset_root", reset_less=True)
+    m.d.sync += root.eq(request)
+    return root
+
+
+def local_reset(m: Module, name: str, block: Elaboratable, root: Value) -> Elaboratable:
+    """``block`` reset (also) by its own registered copy of ``root``; add the result as the
+    submodule ``name``.
+
+    Parameters
+    ----------
+    m
+        The parent module; the leaf register goes in its ``sync`` domain.
+    name
+        The block's submodule name, also in the leaf's name.
+    block
+        The block.
+    root
+        The tree's root (:func:`reset_root`), or any registered request.
+
+    Returns
+    -------
+    Elaboratable
+        ``block`` under a :class:`~amaranth.hdl.ResetInserter` of its leaf.
+    """
+    leaf = Signal(name=f"reset_{name}{DUP_SUFFIX}0", reset_less=True)
+    m.d.sync += leaf.eq(root)
+    return ResetInserter(leaf)(block)
