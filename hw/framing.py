@@ -183,6 +183,9 @@ class FrameRx(wiring.Component):
         rem = Signal(range(unit))  # its index in the item
         unit_end = Signal(init=unit == 1)  # it is the item's last
         args = Signal(range(REPLAY_ARG_SIZE + 1))  # argument bytes still to come
+        # `args != 0` and `left == 1` kept as registers: a payload byte's enables then come
+        # from flip-flops and the phase, not from comparisons behind them.
+        arg_pending, left_one = Signal(), Signal()
         fcs = Signal(16)
         req = self.req.payload
         byte = self.i.payload.data
@@ -213,13 +216,14 @@ class FrameRx(wiring.Component):
                         m.d.sync += [req.length[:8].eq(byte), phase.eq(_Rx.LEN1)]
                     with m.Case(_Rx.LEN1):
                         m.d.sync += [req.length[8:].eq(byte), left.eq(Cat(req.length[:8], byte)),
+                                     left_one.eq(Cat(req.length[:8], byte) == 1),
                                      addr.eq(0), lane.eq(1), rem.eq(0), unit_end.eq(unit == 1),
                                      req.units.eq(0), req.arg.eq(0), args.eq(arg_bytes),
-                                     phase.eq(_Rx.LENGTH)]
+                                     arg_pending.eq(arg_bytes != 0), phase.eq(_Rx.LENGTH)]
                     with m.Case(_Rx.PAYLOAD):
-                        m.d.sync += left.eq(left - 1)
-                        with m.If(args != 0):
-                            m.d.sync += [args.eq(args - 1),
+                        m.d.sync += [left.eq(left - 1), left_one.eq(left == 2)]
+                        with m.If(arg_pending):
+                            m.d.sync += [args.eq(args - 1), arg_pending.eq(args != 1),
                                          req.arg.eq(Cat(req.arg[8:], byte))]
                         with m.Else():
                             m.d.comb += self.wr.en.eq(lane)
@@ -231,7 +235,7 @@ class FrameRx(wiring.Component):
                             with m.If(unit_end):
                                 m.d.sync += [lane.eq(1), rem.eq(0), unit_end.eq(unit == 1),
                                              req.units.eq(req.units + 1)]
-                        with m.If(left == 1):
+                        with m.If(left_one):
                             m.d.sync += phase.eq(_Rx.CRC0)
                     with m.Case(_Rx.CRC0):
                         m.d.sync += [fcs[:8].eq(byte), phase.eq(_Rx.CRC1)]
@@ -248,7 +252,7 @@ class FrameRx(wiring.Component):
         with m.If(phase == _Rx.CHECK):
             # The CRC register has absorbed the last payload byte at least two cycles ago.
             m.d.sync += [req.error.eq(crc.crc != fcs), req.code.eq(ErrorCode.BAD_CRC),
-                         req.aligned.eq((rem == 0) & (args == 0)), self.req.valid.eq(1),
+                         req.aligned.eq((rem == 0) & ~arg_pending), self.req.valid.eq(1),
                          phase.eq(_Rx.HOLD)]
         with m.If((phase == _Rx.HOLD) & self.req.ready):
             m.d.sync += [self.req.valid.eq(0), phase.eq(_Rx.HUNT), req.bank.eq(~req.bank)]
@@ -291,39 +295,49 @@ class ByteSerializer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        shreg = Signal(8 * self.size)
+        shreg = Signal(8 * self.size, reset_less=True)
         left = Signal(range(self.size + 1))  # bytes left after the next one
         final = Signal()
         last = Signal()  # the shift register's next byte is the word's last
         o = self.o
-        # The output byte is a register of its own, refilled from the shift register when it
-        # is empty: the shift register's enables then depend on flip-flops (replicated, one
-        # copy per 32 bits) and on `load`, never on the consumer's ready. One byte every
-        # other cycle at most, far above a UART's rate.
-        idle_n, out_n, refill = Signal(), Signal(), Signal()
+        # The loaded word is registered first (`word_r`, taken every idle cycle, and `pend`
+        # the cycle after a load), then moved into the shift register: whatever selects the
+        # word (the responder's state and modes) ends at a register, not at the shift
+        # register's multiplexers. The output byte is a register of its own, refilled from the
+        # shift register when it is empty: the shift register's enables then depend on
+        # flip-flops (replicated, one copy per 32 bits), never on the consumer's ready. One
+        # byte every other cycle at most, far above a UART's rate.
+        word_r = Signal(8 * self.size, reset_less=True)
+        count_r, last_r = Signal.like(self.count), Signal()
+        pend = Signal()  # word_r goes into the shift register this cycle
+        idle_n, out_n, refill, pend_n = Signal(), Signal(), Signal(), Signal()
         idle = Signal(init=1)
         m.d.comb += [
             self.idle.eq(idle),
-            refill.eq(~o.valid & ~idle),
+            pend_n.eq(self.load & idle),
+            refill.eq(~o.valid & ~idle & ~pend),
             out_n.eq(refill | (o.valid & ~o.ready)),
-            idle_n.eq(Mux(self.load & idle, 0, Mux(refill, last, idle))),
+            idle_n.eq(Mux(pend_n, 0, Mux(refill, last, idle))),
         ]
-        m.d.sync += [idle.eq(idle_n), o.valid.eq(out_n)]
+        m.d.sync += [idle.eq(idle_n), o.valid.eq(out_n), pend.eq(pend_n)]
         chunks = copies_for(len(shreg), 32)
-        idle_k = replicated(m, "ser_idle", idle_n, chunks)
-        empty_k = replicated(m, "ser_empty", ~out_n, chunks)
+        take_k = replicated(m, "ser_take", idle_n, chunks, reset_less=True)
+        pend_k = replicated(m, "ser_pend", pend_n, chunks, reset_less=True)
+        shift_k = replicated(m, "ser_shift", ~out_n & ~idle_n & ~pend_n, chunks,
+                             reset_less=True)
         for k in range(chunks):
-            # Idle, it can only load; busy, only shift: the data multiplexer follows the idle
-            # copy, and `load` reaches one enable per chunk, not every bit.
             lo, hi = 32 * k, min(len(shreg), 32 * (k + 1))
-            with m.If(Mux(idle_k[k], self.load, empty_k[k])):
-                m.d.sync += shreg[lo:hi].eq(Mux(idle_k[k], self.word[lo:hi], (shreg >> 8)[lo:hi]))
+            with m.If(take_k[k]):
+                m.d.sync += word_r[lo:hi].eq(self.word[lo:hi])
+            with m.If(pend_k[k] | shift_k[k]):
+                m.d.sync += shreg[lo:hi].eq(Mux(pend_k[k], word_r[lo:hi], (shreg >> 8)[lo:hi]))
+        with m.If(idle):
+            m.d.sync += [count_r.eq(self.count), last_r.eq(self.last)]
         with m.If(refill):
             m.d.sync += [o.payload.data.eq(shreg[:8]), o.payload.last.eq(final & last),
                          left.eq(left - 1), last.eq(left == 1)]
-        with m.If(self.load & idle):
-            m.d.sync += [left.eq(self.count - 1), final.eq(self.last),
-                         last.eq(self.count == 1)]
+        with m.If(pend):
+            m.d.sync += [left.eq(count_r - 1), final.eq(last_r), last.eq(count_r == 1)]
         return m
 
 

@@ -29,6 +29,8 @@ Design choices:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
@@ -36,11 +38,22 @@ from amaranth.lib.wiring import In, Out
 
 from .mvtu import beat_layout, output_queue, wrap_counter
 
-__all__ = ["SlidingWindow", "QUEUE_DEPTH"]
+__all__ = ["SlidingWindow", "QUEUE_DEPTH", "COLUMN_BITS"]
 
 #: Entries of the output queue: a credit comes back five cycles after its beat was issued
 #: (issue, memory read, data register, queue, refund), so seven keep one beat per cycle.
 QUEUE_DEPTH = 7
+
+
+#: Widest line-buffer column: a DP16KD port in its 1,024 x 18 mode.
+COLUMN_BITS = 18
+
+
+@dataclass
+class _Port:
+    addr: Signal
+    data: Signal
+    en: Signal | None
 
 
 class SlidingWindow(wiring.Component):
@@ -107,10 +120,18 @@ class SlidingWindow(wiring.Component):
 
         # The reader never wants a row the writer is filling (a padded read of one is discarded),
         # so the block RAM needs no read/write collision bypass (boards.build.NO_RW_CHECK).
-        m.submodules.lines = lines = Memory(shape=unsigned(self.width), depth=depth, init=[],
-                                            attrs={"no_rw_check": 1})
-        wr = lines.write_port()
-        rd = lines.read_port()
+        # Columns of at most COLUMN_BITS bits: each a DP16KD in true dual-port mode, whose read
+        # port's output register the board build can use (bnnflow.boards.outreg); a wider
+        # one would take the 36-bit pseudo dual-port mode, which that pass leaves alone.
+        wr = _Port(Signal(range(depth)), Signal(self.width), Signal())
+        rd = _Port(Signal(range(depth)), Signal(self.width), None)
+        for k, lo in enumerate(range(0, self.width, COLUMN_BITS)):
+            hi = min(self.width, lo + COLUMN_BITS)
+            m.submodules[f"lines{k}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
+                                                     init=[], attrs={"no_rw_check": 1})
+            wr_k, rd_k = mem.write_port(), mem.read_port()
+            m.d.comb += [wr_k.addr.eq(wr.addr), wr_k.data.eq(wr.data[lo:hi]),
+                         wr_k.en.eq(wr.en), rd_k.addr.eq(rd.addr), rd.data[lo:hi].eq(rd_k.data)]
 
         done = Signal(range(self.rows + 1))  # complete rows the reader has not released
         row_done = Signal()

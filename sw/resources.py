@@ -437,7 +437,7 @@ def _queue(width: int, depth: int) -> tuple[float, float]:
 
 def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: int) -> dict:
     """Counted structures of a sliding window (:class:`bnnflow.hw.swu.SlidingWindow`)."""
-    from bnnflow.hw.swu import QUEUE_DEPTH
+    from bnnflow.hw.swu import COLUMN_BITS, QUEUE_DEPTH
 
     c, h, w = in_shape
     width = elems * eb
@@ -446,12 +446,17 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
     depth = rows * w * nb
     oh = (h + 2 * padding - kernel) // stride + 1
     ow = (w + 2 * padding - kernel) // stride + 1
-    mem = memory_map(width, depth, writable=True)
+    # The line buffer is cut into columns of at most COLUMN_BITS bits, one memory each.
     mem_luts = mem_regs = 0.0
-    if mem.kind != "bram":
-        mem_luts = _soft_ram_luts(mem.kind, width, depth)
-        # The synchronous read, emulated after the asynchronous LUT RAM; or every bit.
-        mem_regs = width if mem.kind == "lutram" else width * depth
+    ebr = 0
+    for lo in range(0, width, COLUMN_BITS):
+        cw = min(width, lo + COLUMN_BITS) - lo
+        mem = memory_map(cw, depth, writable=True)
+        ebr += mem.ebr
+        if mem.kind != "bram":
+            mem_luts += _soft_ram_luts(mem.kind, cw, depth)
+            # The synchronous read, emulated after the asynchronous LUT RAM; or every bit.
+            mem_regs += cw if mem.kind == "lutram" else cw * depth
     span = _bits(h + w + 2 * stride + 2 * padding + kernel + 1)
     counter_bits = (_bits(rows + 1) + 2 * _bits(depth) + _bits(w * nb) + _bits(nb)
                     + 2 * _bits(kernel) + _bits(ow) + _bits(oh) + 2 * span)
@@ -460,7 +465,7 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
            "swu.mem_luts": mem_luts + queue_luts}
     ff = {"swu.const": 1, "swu.counter_bits": counter_bits, "swu.width": width,
           "swu.mem_regs": mem_regs + queue_regs}
-    return {"lut": lut, "ff": ff, "ebr": mem.ebr}
+    return {"lut": lut, "ff": ff, "ebr": ebr}
 
 
 def _fifo(layer, elems: int) -> dict:
