@@ -10,7 +10,7 @@ Comparing popcounts is the same as comparing scores, since ``2*c - n`` is monoto
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -84,10 +84,11 @@ class Argmax(wiring.Component):
     -----
     ``i_stream.ready`` depends only on registers: the closing beat of a frame waits, at the
     last stage, while the previous result is still in the output register, and the whole
-    block waits with it. The within-beat compare tree is registered after every level
-    (:attr:`stages`), after a register on the input beat, so no path holds more than one
-    comparison. With one beat per frame (``pe = C``) this limits the block to a frame every
-    two cycles, which no folded scores layer outruns.
+    block waits with it. The within-beat compare tree is registered twice per level, after
+    its comparisons and after the selections they make (:attr:`stages`, after a register on
+    the input beat), so no path holds more than one comparison or one multiplexer. With one
+    beat per frame (``pe = C``) this limits the block to a frame every two cycles, which no
+    folded scores layer outruns.
     """
 
     def __init__(self, classes: int, pe: int, n: int):
@@ -108,9 +109,10 @@ class Argmax(wiring.Component):
 
     @staticmethod
     def stage_count(pe: int) -> int:
-        """Register stages before the running maximum: the input beat's register, then one
-        per level of the within-beat compare tree, ``1 + ceil(log2(pe))``."""
-        return 1 + ceil_log2(pe)
+        """Register stages before the running maximum: the input beat's register, then two
+        per level of the within-beat compare tree (the comparisons, then the selections),
+        ``1 + 2*ceil(log2(pe))``."""
+        return 1 + 2 * ceil_log2(pe)
 
     def elaborate(self, platform):
         m = Module()
@@ -148,27 +150,34 @@ class Argmax(wiring.Component):
                 strict=True)]
         pairs = [(in_counts[p], Const(p, range(pe))) for p in range(pe)]
         valid, first, closing, lane0, scores = in_flags
-        for level in range(self.stages - 1):
-            merged = []
-            for j in range(0, len(pairs), 2):
-                if j + 1 == len(pairs):
-                    merged.append(pairs[j])
-                    continue
-                (lv, li), (rv, ri) = pairs[j], pairs[j + 1]
-                right = rv > lv
-                merged.append((Mux(right, rv, lv), Mux(right, ri, li)))
-            regs = [(Signal(self.count_width, name=f"l{level}_val{j}"),
-                     Signal(range(pe), name=f"l{level}_lane{j}")) for j in range(len(merged))]
-            nxt = (Signal(name=f"l{level}_valid"), Signal(name=f"l{level}_first"),
-                   Signal(name=f"l{level}_closing"), Signal.like(base, name=f"l{level}_base"),
-                   Signal.like(beat_scores, name=f"l{level}_scores"))
+        def stage(name, values):
+            """Register ``values`` and the beat's flags under ``en``; returns both."""
+            regs = [Signal.like(v, name=f"{name}_{k}") if isinstance(v, Signal)
+                    else Signal(Value.cast(v).shape(), name=f"{name}_{k}")
+                    for k, v in enumerate(values)]
+            flags = (Signal(name=f"{name}_valid"), Signal(name=f"{name}_first"),
+                     Signal(name=f"{name}_closing"), Signal.like(base, name=f"{name}_base"),
+                     Signal.like(beat_scores, name=f"{name}_scores"))
             with m.If(en):
-                m.d.sync += [reg.eq(val) for pair, rpair in zip(merged, regs, strict=True)
-                             for reg, val in zip(rpair, pair, strict=True)]
-                m.d.sync += [reg.eq(val) for reg, val in zip(
-                    nxt, (valid, first, closing, lane0, scores), strict=True)]
-            pairs = regs
-            valid, first, closing, lane0, scores = nxt
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values, strict=True)]
+                m.d.sync += [r.eq(v) for r, v in zip(
+                    flags, (valid, first, closing, lane0, scores), strict=True)]
+            return regs, flags
+
+        for level in range(ceil_log2(pe)):
+            # Two registers per level: the comparisons, then the selections they make.
+            odd = len(pairs) % 2
+            cmp_in = [x for (lv, li), (rv, ri) in zip(pairs[0::2], pairs[1::2], strict=False)
+                      for x in (lv, li, rv, ri, rv > lv)] + (list(pairs[-1]) if odd else [])
+            held, (valid, first, closing, lane0, scores) = stage(f"l{level}c", cmp_in)
+            merged = []
+            for j in range(len(pairs) // 2):
+                lv, li, rv, ri, right = held[5 * j:5 * j + 5]
+                merged += [Mux(right, rv, lv), Mux(right, ri, li)]
+            if odd:
+                merged += held[-2:]
+            chosen, (valid, first, closing, lane0, scores) = stage(f"l{level}s", merged)
+            pairs = list(zip(chosen[0::2], chosen[1::2], strict=True))
         (beat_val, beat_lane), = pairs
         m.d.comb += en.eq(~(valid & closing & o.valid))
 
