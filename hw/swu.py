@@ -125,9 +125,9 @@ class SlidingWindow(wiring.Component):
         # one would take the 36-bit pseudo dual-port mode, which that pass leaves alone.
         wr = _Port(Signal(range(depth)), Signal(self.width), Signal())
         rd = _Port(Signal(range(depth)), Signal(self.width), None)
-        for k, lo in enumerate(range(0, self.width, COLUMN_BITS)):
+        for col, lo in enumerate(range(0, self.width, COLUMN_BITS)):
             hi = min(self.width, lo + COLUMN_BITS)
-            m.submodules[f"lines{k}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
+            m.submodules[f"lines{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
                                                      init=[], attrs={"no_rw_check": 1})
             wr_k, rd_k = mem.write_port(), mem.read_port()
             m.d.comb += [wr_k.addr.eq(wr.addr), wr_k.data.eq(wr.data[lo:hi]),
