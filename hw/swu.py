@@ -137,22 +137,30 @@ class SlidingWindow(wiring.Component):
         row_done = Signal()
         release = Signal(range(self.rows + 1))  # rows the reader releases this cycle
 
-        # Writer: consecutive beats go to consecutive addresses of the row ring.
+        # Writer: consecutive beats go to consecutive addresses of the row ring. A taken beat
+        # is written a cycle later, from registers, so whatever feeds the window (a row FIFO's
+        # block RAM across the chip) ends at a flip-flop rather than at this block RAM's data
+        # pins. A row counts as done once its last beat is written; until then `w_row` holds
+        # it back from the reader but not from `ready`, which must see every row taken.
         waddr = Signal(range(depth))
         wpos = Signal(range(rw))
         take = Signal()
+        w_addr = Signal(range(depth), reset_less=True)
+        w_data = Signal(self.width, reset_less=True)
+        w_en, w_row = Signal(), Signal()
         m.d.comb += [
-            i.ready.eq(done < self.rows),
+            i.ready.eq(Mux(w_row, done < self.rows - 1, done < self.rows)),
             take.eq(i.valid & i.ready),
-            wr.addr.eq(waddr), wr.data.eq(i.p.data), wr.en.eq(take),
+            wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
             row_done.eq(take & (wpos == rw - 1)),
         ]
+        m.d.sync += [w_addr.eq(waddr), w_data.eq(i.p.data), w_en.eq(take), w_row.eq(row_done)]
         with m.If(take):
             m.d.sync += [
                 waddr.eq(Mux(waddr == depth - 1, 0, waddr + 1)),
                 wpos.eq(Mux(wpos == rw - 1, 0, wpos + 1)),
             ]
-        m.d.sync += done.eq(done + row_done - release)
+        m.d.sync += done.eq(done + w_row - release)
 
         # Reader. Everything the read address needs is kept incrementally: the walk over
         # (oy, ox, ky, kx, b) moves the ring address by one of five constants (next beat, next
