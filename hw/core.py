@@ -47,8 +47,8 @@ from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
 from .resets import local_reset
-from .storage import ebr_count, weight_storage
-from .swu import COLUMN_BITS, SlidingWindow
+from .storage import ebr_count, port_columns, weight_storage
+from .swu import SlidingWindow
 
 __all__ = [
     "input_layout", "output_layout", "score_bits", "latency", "stream_elems", "storage_plan",
@@ -155,9 +155,9 @@ def storage_plan(net: Network, folding: Folding, in_width: int = 8,
         if isinstance(layer, (Conv, MaxPool)):
             c, _, w = layer.in_shape
             rows = layer.kernel + layer.stride
-            width = elems * eb  # in columns of at most COLUMN_BITS (SlidingWindow)
-            fixed += sum(ebr_count(min(width - lo, COLUMN_BITS), rows * w * (c // elems))
-                         for lo in range(0, width, COLUMN_BITS))
+            # The line buffer, in port_columns (SlidingWindow).
+            fixed += sum(ebr_count(hi - lo, rows * w * (c // elems))
+                         for lo, hi in port_columns(elems * eb))
         if isinstance(layer, MaxPool):
             continue
         f = folding[layer.name]

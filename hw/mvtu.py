@@ -469,21 +469,21 @@ class MVTU(wiring.Component):
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
 
 
-#: Data bits of one DP16KD port in its 1,024-word mode, and the words of half a block.
-BRAM_PORT_BITS, BRAM_HALF = 18, 512
+#: Words of half a DP16KD in its 1,024-word mode.
+BRAM_HALF = 512
 
 
 def _bram_read(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:
     """Word ``addr`` of a block-RAM ROM, one cycle later (a synchronous read).
 
-    A ROM of at most 512 words is cut into 18-bit columns, two per memory of 1,024 words
-    read through both of its ports: the even column at ``addr``, the odd one at
-    ``addr + 512``. Yosys maps each such memory onto one DP16KD in true dual-port 18-bit
-    mode, as many blocks as its 36-bit pseudo dual-port mode would take, but each port with
-    its own clock, enable and output register, which the board build can then use
-    (:mod:`bnnflow.boards.outreg`); which pins of the 36-bit mode its output register drives
-    is not documented. A deeper ROM is left to Yosys whole (1,024 words or more never use
-    the 36-bit mode).
+    A ROM of at most 512 words is cut into 18-bit columns
+    (:func:`~bnnflow.hw.storage.port_columns`), two per memory of 1,024 words read through
+    both of its ports: the even column at ``addr``, the odd one at ``addr + 512``. Yosys
+    maps each such memory onto one DP16KD in true dual-port 18-bit mode, as many blocks as
+    its 36-bit pseudo dual-port mode would take, but each port with its own clock, enable and
+    output register, which the board build can then use (:mod:`bnnflow.boards.outreg`);
+    which pins of the 36-bit mode its output register drives is not documented. A deeper ROM
+    is left to Yosys whole (1,024 words or more never use the 36-bit mode).
     """
     attrs = {"ram_style": "block", "rom_style": "block"}
     depth = len(words)
@@ -495,8 +495,9 @@ def _bram_read(m: Module, name: str, words: list[int], width: int, addr: Value) 
         m.d.comb += port.addr.eq(addr)
         return port.data
     parts = []
-    for k, lo in enumerate(range(0, width, 2 * BRAM_PORT_BITS)):
-        mid, hi = min(width, lo + BRAM_PORT_BITS), min(width, lo + 2 * BRAM_PORT_BITS)
+    columns = storage.port_columns(width)
+    for k, pair in enumerate(columns[j:j + 2] for j in range(0, len(columns), 2)):
+        (lo, mid), hi = pair[0], pair[-1][1]  # hi == mid for a lone last column
         low = [(w >> lo) & ((1 << (mid - lo)) - 1) for w in words]
         high = [(w >> mid) & ((1 << (hi - mid)) - 1) for w in words]
         init = low + [0] * (BRAM_HALF - depth) + high if hi > mid else low

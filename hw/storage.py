@@ -22,7 +22,8 @@ two up to 16 (``python -m bnnflow.lanecost``); beyond that block RAM is both che
 
 from __future__ import annotations
 
-__all__ = ["STORAGES", "LUT_MAX_DEPTH", "EBR_MODES", "weight_storage", "ebr_count"]
+__all__ = ["STORAGES", "LUT_MAX_DEPTH", "EBR_MODES", "BRAM_PORT_BITS", "weight_storage",
+           "ebr_count", "port_columns"]
 
 #: The storage kinds, cheapest first for a shallow layer.
 STORAGES = ("const", "lut", "bram")
@@ -51,6 +52,18 @@ def weight_storage(depth: int) -> str:
     if depth <= LUT_MAX_DEPTH:
         return "lut"
     return "bram"
+
+
+#: Data bits of one DP16KD port in its 1,024-word (true dual-port) mode. A memory cut into
+#: columns this wide never takes the 36-bit pseudo dual-port mode, whose output register the
+#: board build leaves alone (:mod:`bnnflow.boards.outreg`).
+BRAM_PORT_BITS = 18
+
+
+def port_columns(width: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` bit ranges cutting a ``width``-bit word into columns of at most
+    :data:`BRAM_PORT_BITS` bits, lowest first."""
+    return [(lo, min(width, lo + BRAM_PORT_BITS)) for lo in range(0, width, BRAM_PORT_BITS)]
 
 
 #: ECP5 DP16KD aspect ratios, ``(width, depth)``: 18 kbit at 9/18/36 bits, 16 kbit below.

@@ -29,31 +29,19 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .mvtu import beat_layout, output_queue, wrap_counter
+from .storage import port_columns
 
-__all__ = ["SlidingWindow", "QUEUE_DEPTH", "COLUMN_BITS"]
+__all__ = ["SlidingWindow", "QUEUE_DEPTH"]
 
 #: Entries of the output queue: a credit comes back five cycles after its beat was issued
 #: (issue, memory read, data register, queue, refund), so seven keep one beat per cycle.
 QUEUE_DEPTH = 7
-
-
-#: Widest line-buffer column: a DP16KD port in its 1,024 x 18 mode.
-COLUMN_BITS = 18
-
-
-@dataclass
-class _Port:
-    addr: Signal
-    data: Signal
-    en: Signal | None
 
 
 class SlidingWindow(wiring.Component):
@@ -118,21 +106,6 @@ class SlidingWindow(wiring.Component):
         k, s, p, h, w, nb = self.k, self.s, self.p, self.h, self.w, self.b
         rw, depth = self.row_words, self.depth
 
-        # The reader never wants a row the writer is filling (a padded read of one is discarded),
-        # so the block RAM needs no read/write collision bypass (boards.build.NO_RW_CHECK).
-        # Columns of at most COLUMN_BITS bits: each a DP16KD in true dual-port mode, whose read
-        # port's output register the board build can use (bnnflow.boards.outreg); a wider
-        # one would take the 36-bit pseudo dual-port mode, which that pass leaves alone.
-        wr = _Port(Signal(range(depth)), Signal(self.width), Signal())
-        rd = _Port(Signal(range(depth)), Signal(self.width), None)
-        for col, lo in enumerate(range(0, self.width, COLUMN_BITS)):
-            hi = min(self.width, lo + COLUMN_BITS)
-            m.submodules[f"lines{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
-                                                     init=[], attrs={"no_rw_check": 1})
-            wr_k, rd_k = mem.write_port(), mem.read_port()
-            m.d.comb += [wr_k.addr.eq(wr.addr), wr_k.data.eq(wr.data[lo:hi]),
-                         wr_k.en.eq(wr.en), rd_k.addr.eq(rd.addr), rd.data[lo:hi].eq(rd_k.data)]
-
         done = Signal(range(self.rows + 1))  # complete rows the reader has not released
         row_done = Signal()
         release = Signal(range(self.rows + 1))  # rows the reader releases this cycle
@@ -151,7 +124,6 @@ class SlidingWindow(wiring.Component):
         m.d.comb += [
             i.ready.eq(Mux(w_row, done < self.rows - 1, done < self.rows)),
             take.eq(i.valid & i.ready),
-            wr.addr.eq(w_addr), wr.data.eq(w_data), wr.en.eq(w_en),
             row_done.eq(take & (wpos == rw - 1)),
         ]
         m.d.sync += [w_addr.eq(waddr), w_data.eq(i.p.data), w_en.eq(take), w_row.eq(row_done)]
@@ -220,11 +192,23 @@ class SlidingWindow(wiring.Component):
             with m.If(frame_end):
                 m.d.sync += iy0.eq(Mux(last_row, -p, iy0 + s))
 
+        # The line buffer, in port_columns: each a DP16KD in true dual-port mode, whose read
+        # port's output register the board build can use (bnnflow.boards.outreg); a wider
+        # memory would take the 36-bit pseudo dual-port mode, which that pass leaves alone.
+        # The reader never wants a row the writer is filling (a padded read of one is
+        # discarded), so no read/write collision bypass is needed (boards.build.NO_RW_CHECK).
+        read = Signal(self.width)
+        for col, (lo, hi) in enumerate(port_columns(self.width)):
+            m.submodules[f"lines{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
+                                                     init=[], attrs={"no_rw_check": 1})
+            wr, rd = mem.write_port(), mem.read_port()
+            m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data[lo:hi]), wr.en.eq(w_en),
+                         rd.addr.eq(raddr), read[lo:hi].eq(rd.data)]
+
         iy, ix = iy0 + ky, ix0 + kx
         pad = Signal()
         m.d.comb += [
             pad.eq((iy < 0) | (iy >= h) | (ix < 0) | (ix >= w)),
-            rd.addr.eq(raddr),
         ]
 
         # S1: the memory reads (its data register may sit in the block RAM); S2: the raw word,
@@ -236,7 +220,7 @@ class SlidingWindow(wiring.Component):
         m.d.sync += [
             s1_valid.eq(issue), s1_pad.eq(pad), s1_last.eq(win_last),
             s2_valid.eq(s1_valid), s2_pad.eq(s1_pad), s2_last.eq(s1_last),
-            s2_data.eq(rd.data),
+            s2_data.eq(read),
         ]
         m.d.comb += [
             queue.push.eq(s2_valid),

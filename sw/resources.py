@@ -437,7 +437,8 @@ def _queue(width: int, depth: int) -> tuple[float, float]:
 
 def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: int) -> dict:
     """Counted structures of a sliding window (:class:`bnnflow.hw.swu.SlidingWindow`)."""
-    from bnnflow.hw.swu import COLUMN_BITS, QUEUE_DEPTH
+    from bnnflow.hw.storage import port_columns
+    from bnnflow.hw.swu import QUEUE_DEPTH
 
     c, h, w = in_shape
     width = elems * eb
@@ -446,11 +447,11 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
     depth = rows * w * nb
     oh = (h + 2 * padding - kernel) // stride + 1
     ow = (w + 2 * padding - kernel) // stride + 1
-    # The line buffer is cut into columns of at most COLUMN_BITS bits, one memory each.
+    # The line buffer is cut into port_columns, one memory each.
     mem_luts = mem_regs = 0.0
     ebr = 0
-    for lo in range(0, width, COLUMN_BITS):
-        cw = min(width, lo + COLUMN_BITS) - lo
+    for lo, hi in port_columns(width):
+        cw = hi - lo
         mem = memory_map(cw, depth, writable=True)
         ebr += mem.ebr
         if mem.kind != "bram":
