@@ -140,20 +140,12 @@ class Argmax(wiring.Component):
         # first maximum wins.
         beat_scores = Signal(data.ArrayLayout(signed(sw), pe))
         m.d.comb += [beat_scores[p].eq((counts[p] << 1) - self.n) for p in range(pe)]
-        in_counts = Signal.like(counts, name="in_counts")
-        in_flags = (Signal(name="in_valid"), Signal(name="in_first"), Signal(name="in_closing"),
-                    Signal.like(base, name="in_base"), Signal.like(beat_scores, name="in_scores"))
-        with m.If(en):
-            m.d.sync += in_counts.eq(counts)
-            m.d.sync += [reg.eq(val) for reg, val in zip(
-                in_flags, (i.valid, index == 0, index == beats - 1, base, beat_scores),
-                strict=True)]
-        pairs = [(in_counts[p], Const(p, range(pe))) for p in range(pe)]
-        valid, first, closing, lane0, scores = in_flags
+        valid, first, closing, lane0, scores = (i.valid, index == 0, index == beats - 1, base,
+                                                beat_scores)
+
         def stage(name, values):
             """Register ``values`` and the beat's flags under ``en``; returns both."""
-            regs = [Signal.like(v, name=f"{name}_{k}") if isinstance(v, Signal)
-                    else Signal(Value.cast(v).shape(), name=f"{name}_{k}")
+            regs = [Signal(Value.cast(v).shape(), name=f"{name}_{k}")
                     for k, v in enumerate(values)]
             flags = (Signal(name=f"{name}_valid"), Signal(name=f"{name}_first"),
                      Signal(name=f"{name}_closing"), Signal.like(base, name=f"{name}_base"),
@@ -164,6 +156,8 @@ class Argmax(wiring.Component):
                     flags, (valid, first, closing, lane0, scores), strict=True)]
             return regs, flags
 
+        held, (valid, first, closing, lane0, scores) = stage("in", [counts[p] for p in range(pe)])
+        pairs = [(held[p], Const(p, range(pe))) for p in range(pe)]
         for level in range(ceil_log2(pe)):
             # Two registers per level: the comparisons, then the selections they make.
             odd = len(pairs) % 2
