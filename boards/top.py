@@ -110,11 +110,7 @@ class BoardTop(Elaboratable):
         request = self._clock(m, platform)
 
         host = self.host
-        if isinstance(getattr(host, "reset_req", None), Signal):  # a HostTop: its reset tree
-            m.submodules.host = host
-            m.d.comb += host.reset_req.eq(request)
-        else:
-            m.submodules.host = local_reset(m, "host", host, request)
+        local_reset(m, "host", host, request)  # a HostTop's own reset tree, if it has one
         link = platform.request(*board.link_resource, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", link.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", link.tx)

@@ -230,7 +230,7 @@ class BnnCore(wiring.Component):
         upstream, elems, eb = wiring.flipped(self.s_axis), self.elems, 1
         if not net.input.binary:
             pixels = PixelLevels(net.input.levels, elems, packing.pixel_bits(net.input.pixel_max))
-            m.submodules.pixels = local_reset(m, "pixels", pixels, self.reset_req)
+            local_reset(m, "pixels", pixels, self.reset_req)
             wiring.connect(m, upstream, pixels.i_stream)
             upstream, eb = pixels.o_stream, pixels.level_bits
         pixel_order = False  # the stream carries (C, H, W) activations as HWC pixels
@@ -239,16 +239,14 @@ class BnnCore(wiring.Component):
                 upstream = _row_fifo(m, upstream, layer, elems, f"fifo{index}", self.reset_req)
             if isinstance(layer, MaxPool):
                 block = MaxPoolUnit(layer.in_shape, layer.kernel, layer.stride, elems)
-                m.submodules[f"layer{index}"] = local_reset(m, f"layer{index}", block,
-                                                            self.reset_req)
+                local_reset(m, f"layer{index}", block, self.reset_req)
                 wiring.connect(m, upstream, block.i_stream)
                 upstream = block.o_stream
                 continue
             if isinstance(layer, Conv):
                 swu = SlidingWindow(layer.in_shape, layer.kernel, layer.stride, layer.padding,
                                     int(layer.pad_value > 0), elems, eb)
-                m.submodules[f"window{index}"] = local_reset(m, f"window{index}", swu,
-                                                             self.reset_req)
+                local_reset(m, f"window{index}", swu, self.reset_req)
                 wiring.connect(m, upstream, swu.i_stream)
                 upstream, pixel_order = swu.o_stream, True
                 weights = packing.conv_weight_matrix(layer)
@@ -261,13 +259,12 @@ class BnnCore(wiring.Component):
             matrix = Dense(layer.name, weights, layer.thresholds, layer.integer_input)
             mvtu = MVTU(matrix, f.pe, f.simd, elems * eb, eb, net.input.max_level,
                         self.storages[layer.name])
-            m.submodules[f"layer{index}"] = local_reset(m, f"layer{index}", mvtu,
-                                                        self.reset_req)
+            local_reset(m, f"layer{index}", mvtu, self.reset_req)
             wiring.connect(m, upstream, mvtu.i_stream)
             upstream, elems, eb = mvtu.o_stream, f.pe, 1
         final = self.net.layers[-1]
         argmax = Argmax(final.out_features, self.folding[final.name].pe, final.in_features)
-        m.submodules.argmax = local_reset(m, "argmax", argmax, self.reset_req)
+        local_reset(m, "argmax", argmax, self.reset_req)
         wiring.connect(m, upstream, argmax.i_stream)
         wiring.connect(m, argmax.o_stream, wiring.flipped(self.m_axis))
         return m
@@ -292,7 +289,7 @@ def _row_fifo(m: Module, upstream, layer, elems: int, name: str, reset_req):
     """Put a :func:`fifo_depth` FIFO after ``upstream``; returns its output stream."""
     width = len(upstream.payload.as_value())
     fifo = SyncFIFOBuffered(width=width, depth=fifo_depth(layer, elems))
-    m.submodules[name] = local_reset(m, name, fifo, reset_req)
+    local_reset(m, name, fifo, reset_req)
     m.d.comb += [
         fifo.w_stream.payload.eq(upstream.payload.as_value()),
         fifo.w_stream.valid.eq(upstream.valid),

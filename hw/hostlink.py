@@ -248,14 +248,9 @@ class HostTop(wiring.Component):
         root = reset_root(m, self.reset_req)
         uart_rx, uart_tx = UARTRx(self.divisor), UARTTx(self.divisor)
         link, core = self.link, self.core
-        m.submodules.uart_rx = local_reset(m, "uart_rx", uart_rx, root)
-        m.submodules.uart_tx = local_reset(m, "uart_tx", uart_tx, root)
-        m.submodules.link = local_reset(m, "link", link, root)
-        if isinstance(getattr(core, "reset_req", None), Signal):
-            m.submodules.core = core
-            m.d.comb += core.reset_req.eq(root)
-        else:
-            m.submodules.core = local_reset(m, "core", core, root)
+        for name, block in (("uart_rx", uart_rx), ("uart_tx", uart_tx), ("link", link),
+                            ("core", core)):
+            local_reset(m, name, block, root)
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         connect(m, uart_rx.o, link.rx)
         connect(m, link.tx, uart_tx.i)

@@ -32,9 +32,13 @@ def reset_root(m: Module, request: Value) -> Signal:
     return root
 
 
-def local_reset(m: Module, name: str, block: Elaboratable, root: Value) -> Elaboratable:
-    """``block`` reset (also) by its own registered copy of ``root``; add the result as the
-    submodule ``name``.
+def local_reset(m: Module, name: str, block: Elaboratable, root: Value) -> None:
+    """Add ``block`` as the submodule ``name``, reset (also) from ``root``.
+
+    A block with a reset tree of its own (a ``reset_req`` signal, like
+    :class:`~bnnflow.hw.hostlink.HostTop` and :class:`~bnnflow.hw.core.BnnCore`) gets
+    ``root`` as its request and makes its own leaves; any other block is put under a
+    :class:`~amaranth.hdl.ResetInserter` of its own registered copy of ``root`` (a leaf).
 
     Parameters
     ----------
@@ -46,12 +50,12 @@ def local_reset(m: Module, name: str, block: Elaboratable, root: Value) -> Elabo
         The block.
     root
         The tree's root (:func:`reset_root`), or any registered request.
-
-    Returns
-    -------
-    Elaboratable
-        ``block`` under a :class:`~amaranth.hdl.ResetInserter` of its leaf.
     """
+    request = getattr(block, "reset_req", None)
+    if isinstance(request, Signal):
+        m.submodules[name] = block
+        m.d.comb += request.eq(root)
+        return
     leaf = Signal(name=f"reset_{name}{DUP_SUFFIX}0", reset_less=True)
     m.d.sync += leaf.eq(root)
-    return ResetInserter(leaf)(block)
+    m.submodules[name] = ResetInserter(leaf)(block)
