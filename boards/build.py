@@ -93,7 +93,7 @@ def _sync_clock(fmax: dict, target_mhz: float) -> tuple[str, dict]:
     return clk, fmax[clk]
 
 
-def _report(board, name, out, tools_seconds) -> dict:
+def _report(board, name, out, tools_seconds, outreg) -> dict:
     nextpnr = parse_nextpnr_report(out / f"{name}_nextpnr.json")
     log = parse_nextpnr_log((out / f"{name}.tim").read_text(errors="replace"))
     cells, yosys_version = count_netlist_cells(out / f"{name}.json")
@@ -132,8 +132,7 @@ def _report(board, name, out, tools_seconds) -> dict:
         "clocks": nextpnr["fmax"] or log["fmax"],
         "critical_path": nextpnr["critical_path"],
         # Read registers moved into the block RAMs (bnnflow.boards.outreg), before nextpnr.
-        "bram_outreg": (json.loads((out / "outreg.json").read_text())
-                        if (out / "outreg.json").exists() else None),
+        "bram_outreg": outreg,
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size,
         "seconds": {step: round(s, 2) for step, s in tools_seconds.items()},
@@ -266,8 +265,7 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     env = toolchain_env(BUILD_TOOLS)
     progress = progress or (lambda step, seconds: None)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "outreg.json", f"{name}_nextpnr.json", f"{name}.config",
-                  f"{name}.bit"):
+    for stale in ("report.json", f"{name}_nextpnr.json", f"{name}.config", f"{name}.bit"):
         (out / stale).unlink(missing_ok=True)
 
     seconds = {}
@@ -287,6 +285,7 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     progress("amaranth", seconds["amaranth"])
 
     commands = json.loads((out / f"{plan.script}.json").read_text())["commands"]
+    outreg = None  # what absorb_output_registers did, after the yosys step
     for tool, *args in commands:
         step, log_suffix = _STEPS[tool]
         progress(step, None)
@@ -299,6 +298,5 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
         progress(step, seconds[step])
         if step == "yosys":
             outreg = absorb_output_registers(out / f"{name}.json")
-            (out / "outreg.json").write_text(json.dumps(outreg))
     seconds["total"] = sum(seconds.values())
-    return _report(board, name, out, seconds)
+    return _report(board, name, out, seconds, outreg)
