@@ -23,6 +23,9 @@ import numpy as np
 
 __all__ = ["LaneCost", "lane_costs", "synth_cells", "markdown", "main"]
 
+#: ``synth_ecp5`` options of a second attempt when Yosys fails on an MVTU (the table says so).
+FALLBACK_OPTIONS = "-dff"
+
 #: Fold depth (``NF*SF``) measured for each storage by default.
 DEFAULT_DEPTHS = {"const": 1, "lut": 8, "bram": 64}
 
@@ -35,6 +38,8 @@ class LaneCost:
     ----------
     storage
         ``"const"``, ``"lut"`` or ``"bram"``.
+    options
+        Extra ``synth_ecp5`` options it took (see :func:`lane_costs`); ``""`` normally.
     pe, simd, depth
         The MVTU's shape: ``PE*SIMD`` lanes, each cycling through ``depth`` weights.
     cells
@@ -46,6 +51,7 @@ class LaneCost:
     simd: int
     depth: int
     cells: dict
+    options: str = ""
 
     @property
     def lanes(self) -> int:
@@ -88,8 +94,8 @@ def _mvtu(storage: str, pe: int, simd: int, depth: int, seed: int):
     return MVTU(layer, pe, simd, in_width=simd, weight_storage=storage)
 
 
-def synth_cells(verilog_path: str | Path, top: str) -> dict[str, int]:
-    """Synthesize ``verilog_path`` with ``synth_ecp5`` and count the netlist's cells.
+def synth_cells(verilog_path: str | Path, top: str, options: str = "") -> dict[str, int]:
+    """Synthesize ``verilog_path`` with ``synth_ecp5 options`` and count the netlist's cells.
 
     The netlist ``<top>.json`` is written next to the Verilog file.
 
@@ -103,7 +109,7 @@ def synth_cells(verilog_path: str | Path, top: str) -> dict[str, int]:
     # YoWASP tools see the working directory, not necessarily the whole file system.
     verilog_path = Path(verilog_path).resolve()
     workdir, netlist = verilog_path.parent, f"{top}.json"
-    script = f"read_verilog {verilog_path.name}; synth_ecp5 -top {top} -json {netlist}"
+    script = f"read_verilog {verilog_path.name}; synth_ecp5 {options} -top {top} -json {netlist}"
     proc = subprocess.run([find_tool("YOSYS"), "-q", "-p", script], capture_output=True,
                           text=True, env=toolchain_env(("YOSYS",)), cwd=workdir, check=False)
     if proc.returncode:
@@ -151,7 +157,14 @@ def lane_costs(simd=(32, 128), pe: int = 8, depths: dict[str, int] | None = None
                 top = f"mvtu_{storage}_p{pe}_s{s}_d{depth}"
                 path = base / f"{top}.v"
                 path.write_text(verilog.convert(_mvtu(storage, pe, s, depth, seed), name=top))
-                out.append(LaneCost(storage, pe, s, depth, synth_cells(path, top)))
+                try:
+                    cells, options = synth_cells(path, top), ""
+                except RuntimeError:
+                    # YoWASP Yosys 0.70's abc9 exits without a message on some of these
+                    # netlists (const 8 x 32, seed 0); its -dff mode maps them.
+                    options = FALLBACK_OPTIONS
+                    cells = synth_cells(path, top, options)
+                out.append(LaneCost(storage, pe, s, depth, cells, options))
     return out
 
 
@@ -162,7 +175,8 @@ def markdown(costs: list[LaneCost]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in costs:
         p = c.per_lane()
-        lines.append(f"| {c.storage} | {c.pe} x {c.simd} | {c.depth} | {p['lut4']:.2f} | "
+        storage = f"{c.storage} (synth_ecp5 {c.options})" if c.options else c.storage
+        lines.append(f"| {storage} | {c.pe} x {c.simd} | {c.depth} | {p['lut4']:.2f} | "
                      f"{p['ccu2c']:.2f} | {p['ff']:.2f} | {c.ebr} | {c.cells.get('LUT4', 0)} | "
                      f"{c.ccu2c} | {c.ff} |")
     return "\n".join(lines)
