@@ -47,7 +47,7 @@ from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
 from .resets import local_reset
-from .storage import ebr_count, port_columns, weight_storage
+from .storage import ebr_count, port_columns, rom_blocks, weight_storage
 from .swu import SlidingWindow
 
 __all__ = [
@@ -164,9 +164,9 @@ def storage_plan(net: Network, folding: Folding, in_width: int = 8,
         nf, sf = layer.out_channels // f.pe, layer.fan_in // f.simd
         depth[layer.name] = nf * sf
         storages[layer.name] = weight_storage(nf * sf)
-        weight_ebr[layer.name] = ebr_count(f.pe * f.simd, nf * sf)
+        weight_ebr[layer.name] = rom_blocks(f.pe * f.simd, nf * sf)
         if layer.thresholds is not None and weight_storage(nf) == "bram":
-            fixed += ebr_count(f.pe * (layer.fan_in.bit_length() + 4), nf)  # upper bound
+            fixed += rom_blocks(f.pe * (layer.fan_in.bit_length() + 4), nf)  # upper bound
         elems, eb = f.pe, 1
 
     def total() -> int:

@@ -13,7 +13,7 @@ Datapath, one register stage per line::
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  block RAM data registered next to the block RAM, or the LUT ROM's address copies
     S3  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
-    P1…Pk  PE adder trees over xnor(w, x), a register every 3 adder levels (k = tree_stages)
+    P1…Pk  PE adder trees over xnor(w, x), a register every 2 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
 
@@ -27,8 +27,14 @@ Design choices:
   layer is fully parallel, so the XNOR disappears into the popcount's first LUTs; a LUT ROM
   indexed by the step address when each lane cycles through few weights, where one LUT4 holds
   an 8-entry ROM together with the XNOR and the S3 register takes the XNOR bits; block RAM when
-  it cycles through many, its read data registered twice more in the fabric (S2, S3). The
-  threshold memory (``NF`` words) follows the same rule.
+  it cycles through many. Block RAM is read at copies of the step address (one per
+  :data:`BLOCKS_PER_ADDR` blocks) and cut into banks and columns of one DP16KD each
+  (:func:`~bnnflow.hw.storage.rom_banks`); each bank's read is registered (S2, the register
+  the board build moves into the block), then the bank holding the word (S3). The threshold
+  memory (``NF`` words) follows the same rule.
+* With block-RAM weights the adder trees start with :func:`~bnnflow.hw.popcount.xnor_pairs`,
+  which put each XNOR inside the LUT that adds two lanes, so the first register stage sums
+  eight lanes; where that saves a stage the sum waits a cycle, to keep the latency.
 * The input is double-buffered: the fill register collects vector ``k+1`` while the compute
   register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
   enables are flip-flops (replicated) and its data moves one beat along: no net fans out over
@@ -62,17 +68,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
 
 from bnnflow import packing
 from bnnflow.ir import Dense
 
 from . import storage
 from .fanout import FANOUT, copies_for, replicated
-from .popcount import adder_tree, popcount_width, tree_stages
+from .popcount import adder_tree, popcount_width, tree_stages, xnor_pairs
 
 __all__ = ["beat_layout", "OutputQueue", "output_queue", "MVTU", "rom_value"]
 
@@ -145,6 +152,11 @@ def output_queue(m: Module, o: stream.Interface, depth: int) -> OutputQueue:
 
 #: PE lanes one copy of the input slice's register feeds.
 PE_PER_COPY = 8
+
+#: Block RAMs one copy of a weight ROM's address register feeds. SFC at 64 cycles per frame
+#: read 91 blocks from one address counter, whose increment then missed 125 MHz by 4 ns,
+#: all routing: nextpnr spreads those blocks over the die and the counter's loop with them.
+BLOCKS_PER_ADDR = 4
 
 
 class MVTU(wiring.Component):
@@ -316,7 +328,8 @@ class MVTU(wiring.Component):
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
-        lanes_in = self._weights(m, addr, x[:simd * eb])
+        addr_next = Mux(step, Mux(final, 0, addr + 1), addr)  # as wrap_counter steps it
+        lanes_in = self._weights(m, addr, addr_next, x[:simd * eb])
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                    "nf": range(nf_n)})
         s1, s2, s3 = Signal(flags), Signal(flags), Signal(flags)
@@ -328,8 +341,16 @@ class MVTU(wiring.Component):
 
         # S2..: per PE lane, the pipelined popcount of xnor(w, x) (or signed level sum).
         lane_shape = self.acc_shape if eb > 1 else unsigned(popcount_width(simd))
-        sums = [adder_tree(m, None, terms, lane_shape, f"lane{p}", reset_less=True)
-                for p, terms in enumerate(lanes_in)]
+        # A tree over xnor_pairs can take a register stage less than tree_stages(simd): its
+        # sum waits in a register, so the latency never depends on the storage.
+        sums = []
+        for p, terms in enumerate(lanes_in):
+            total = adder_tree(m, None, terms, lane_shape, f"lane{p}", reset_less=True)
+            for k in range(self.tree_stages - tree_stages(len(terms))):
+                late = Signal(lane_shape, name=f"lane{p}_late{k}", reset_less=True)
+                m.d.sync += late.eq(total)
+                total = late
+            sums.append(total)
         chain = [s1, s2, s3]
         for k in range(self.tree_stages):
             reg = Signal(flags, name=f"flags_p{k + 1}")
@@ -360,11 +381,14 @@ class MVTU(wiring.Component):
         m.d.comb += [queue.push.eq(r_valid), queue.data.eq(Cat(r_data, r_last))]
         return m
 
-    def _weights(self, m: Module, addr: Value, x: Value) -> list[list[Value]]:
+    def _weights(self, m: Module, addr: Value, addr_next: Value,
+                 x: Value) -> list[list[Value]]:
         """Stages S1 and S2: the terms each PE lane sums, one per SIMD input.
 
         The weight word of step ``addr`` is registered three cycles later, whatever its storage
-        (:meth:`_storage`), together with the input slice ``x`` delayed beside it.
+        (:meth:`_storage`), together with the input slice ``x`` delayed beside it. Block RAM
+        reads ``addr`` from copies of its register, one per :data:`BLOCKS_PER_ADDR` blocks,
+        each loaded with ``addr_next``, the counter's next value.
         """
         pe, simd, eb = self.pe, self.simd, self.elem_bits
         words = packing.weight_words(self.layer.weights, pe, simd)
@@ -386,8 +410,13 @@ class MVTU(wiring.Component):
             m.d.sync += s3_bits.eq(~(rom ^ xs))
             return [[s3_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
         s3_xs = replicated(m, "s3_x", s2_x, copies, reset_less=True)
+        if kind == "bram":
+            blocks = storage.rom_blocks(pe * simd, len(words))
+            addr = replicated(m, "weights_addr", addr_next, copies_for(blocks, BLOCKS_PER_ADDR))
         w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
+        if eb == 1 and kind == "bram":
+            return [xnor_pairs(w_lanes[p], s3_xs[p // PE_PER_COPY]) for p in range(pe)]
         if eb == 1:
             return [[~(w_lanes[p][s] ^ s3_xs[p // PE_PER_COPY][s]) for s in range(simd)]
                     for p in range(pe)]
@@ -403,15 +432,17 @@ class MVTU(wiring.Component):
 
     @staticmethod
     def _storage(m: Module, name: str, kind: str, words: list[int], width: int,
-                 addr: Value) -> Value:
+                 addr: Value | list[Value]) -> Value:
         """Word ``addr`` of a ROM stored as ``kind``, registered three cycles later.
 
-        Block RAM: the synchronous read (:func:`_bram_read`), then two registers. An ECP5
+        Block RAM: the synchronous read of every bank (:func:`_bram_read`), a register each,
+        then one register of the bank that holds the word. An ECP5
         DP16KD read without its output register has a clock-to-output delay of about 5.8 ns,
         which leaves too little of 8 ns to reach any register not right beside the block.
         Yosys does not use that output register, so the board build moves the first register
         into it (:mod:`bnnflow.boards.outreg`); the second sits among the lanes. A LUT ROM
-        registers its address twice (the copies second), then its data, to match.
+        registers its address twice (the copies second), then its data, to match. ``addr``
+        may be a list of equal copies (block RAM only), shared out among the blocks.
         """
         if kind == "const":
             return Const(words[0], width)
@@ -420,8 +451,18 @@ class MVTU(wiring.Component):
             s1_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
             m.d.sync += [s1_addr.eq(addr), word.eq(_rom(m, name, words, width, s1_addr))]
             return word
-        near = Signal(width, name=f"{name}_read", reset_less=True)
-        m.d.sync += [near.eq(_bram_read(m, name, words, width, addr)), word.eq(near)]
+        reads, bank = _bram_read(m, name, words, width, addr)
+        if len(reads) == 1:
+            near = Signal(width, name=f"{name}_read", reset_less=True)
+            m.d.sync += [near.eq(reads[0]), word.eq(near)]
+            return word
+        # Each bank's read is registered (in the block, after the board build), the bank is
+        # picked from those registers.
+        nears = [Signal(width, name=f"{name}_read{b}", reset_less=True)
+                 for b in range(len(reads))]
+        pick = Signal.like(bank, name=f"{name}_pick")
+        m.d.sync += [n.eq(r) for n, r in zip(nears, reads, strict=True)]
+        m.d.sync += [pick.eq(bank), word.eq(Array(nears)[pick])]
         return word
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
@@ -469,46 +510,84 @@ class MVTU(wiring.Component):
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
 
 
-#: Words of half a DP16KD in its 1,024-word mode.
-BRAM_HALF = 512
+def _bram_read(m: Module, name: str, words: list[int], width: int,
+               addr: Value | list[Value]) -> tuple[list[Value], Value]:
+    """Word ``addr`` of a block-RAM ROM one cycle later (a synchronous read), from each of
+    its banks (:func:`~bnnflow.hw.storage.rom_banks`), and the index of the bank that holds
+    it, registered beside them.
 
-
-def _bram_read(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:
-    """Word ``addr`` of a block-RAM ROM, one cycle later (a synchronous read).
-
-    A ROM of at most 512 words is cut into 18-bit columns
-    (:func:`~bnnflow.hw.storage.port_columns`), two per memory of 1,024 words read through
-    both of its ports: the even column at ``addr``, the odd one at ``addr + 512``. Yosys
-    maps each such memory onto one DP16KD in true dual-port 18-bit mode, as many blocks as
-    its 36-bit pseudo dual-port mode would take, but each port with its own clock, enable and
-    output register, which the board build can then use (:mod:`bnnflow.boards.outreg`);
-    which pins of the 36-bit mode its output register drives is not documented. A deeper ROM
-    is left to Yosys whole (1,024 words or more never use the 36-bit mode).
+    Each bank is cut into columns, one memory each, which Yosys maps onto one DP16KD in true
+    dual-port mode: each port with its own clock, enable and output register, which the
+    board build can then use (:mod:`bnnflow.boards.outreg`); which pins of the 36-bit pseudo
+    dual-port mode its output register drives is not documented. Banks of
+    :data:`~bnnflow.hw.storage.BRAM_HALF` words take their 18-bit columns two to a memory of
+    1,024 words, read through both of its ports: the even column at ``addr``, the odd one at
+    ``addr + 512``, as many blocks as the 36-bit mode would take.
     """
-    attrs = {"ram_style": "block", "rom_style": "block"}
-    depth = len(words)
-    addr = Value.cast(addr)
-    if depth > BRAM_HALF:
-        m.submodules[name] = mem = Memory(shape=unsigned(width), depth=depth, init=words,
-                                          attrs=attrs)
+    bits, bank = storage.rom_banks(width, len(words))
+    addrs = [Value.cast(a) for a in (addr if isinstance(addr, list) else [addr])]
+    blocks = storage.rom_blocks(width, len(words))
+    per_bank = blocks // -(-len(words) // bank)
+    low = exact_log2(bank)
+    banks = [words[i:i + bank] for i in range(0, len(words), bank)]
+    reads = []
+    for b, chunk in enumerate(banks):
+        if len(banks) > 1:  # a short last bank repeats its last word up to a power of two
+            chunk = chunk + chunk[-1:] * ((1 << ceil_log2(len(chunk))) - len(chunk))
+        prefix = name if len(banks) == 1 else f"{name}_bank{b}"
+        # Block k of the ROM reads the copy k * copies // blocks.
+        lows = [addrs[(b * per_bank + k) * len(addrs) // blocks][:low] for k in range(per_bank)]
+        if bits > storage.BRAM_PORT_BITS:
+            reads.append(_pair_read(m, prefix, chunk, width, lows))
+        else:
+            reads.append(_column_read(m, prefix, chunk, width, bits, lows))
+    select = Signal(range(len(banks)), name=f"{name}_bank", reset_less=True)
+    m.d.sync += select.eq(addrs[0][low:])
+    return reads, select
+
+
+_ATTRS = {"ram_style": "block", "rom_style": "block"}
+
+
+def _column_read(m: Module, name: str, words: list[int], width: int, bits: int,
+                 addrs: list[Value]) -> Value:
+    """One bank of a block-RAM ROM in ``bits``-bit columns, a memory each, column ``k`` read
+    at ``addrs[k]``."""
+    parts = []
+    for k, lo in enumerate(range(0, width, bits)):
+        addr = addrs[k]
+        hi = min(width, lo + bits)
+        init = [(w >> lo) & ((1 << (hi - lo)) - 1) for w in words]
+        m.submodules[f"{name}_{k}"] = mem = Memory(shape=unsigned(hi - lo), depth=len(init),
+                                                   init=init, attrs=_ATTRS)
         port = mem.read_port()
         m.d.comb += port.addr.eq(addr)
-        return port.data
+        parts.append(port.data)
+    return Cat(parts)
+
+
+def _pair_read(m: Module, name: str, words: list[int], width: int,
+               addrs: list[Value]) -> Value:
+    """One bank of at most :data:`~bnnflow.hw.storage.BRAM_HALF` words of a block-RAM ROM,
+    in 18-bit columns two to a memory of 1,024 words read through both of its ports, memory
+    ``k`` at ``addrs[k]``."""
+    half = exact_log2(storage.BRAM_HALF)
+    depth = len(words)
     parts = []
     columns = storage.port_columns(width)
     for k, pair in enumerate(columns[j:j + 2] for j in range(0, len(columns), 2)):
+        addr = addrs[k]
         (lo, mid), hi = pair[0], pair[-1][1]  # hi == mid for a lone last column
         low = [(w >> lo) & ((1 << (mid - lo)) - 1) for w in words]
         high = [(w >> mid) & ((1 << (hi - mid)) - 1) for w in words]
-        init = low + [0] * (BRAM_HALF - depth) + high if hi > mid else low
+        init = low + [0] * (storage.BRAM_HALF - depth) + high if hi > mid else low
         m.submodules[f"{name}_{k}"] = mem = Memory(shape=unsigned(mid - lo), depth=len(init),
-                                                   init=init, attrs=attrs)
+                                                   init=init, attrs=_ATTRS)
         even = mem.read_port()
         m.d.comb += even.addr.eq(addr)
         parts.append(even.data)
         if hi > mid:
             odd = mem.read_port()
-            half = BRAM_HALF.bit_length() - 1
             m.d.comb += odd.addr.eq(Cat(addr[:half], Const(0, half - len(addr[:half])), 1))
             parts.append(odd.data[:hi - mid])
     return Cat(parts)

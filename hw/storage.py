@@ -22,8 +22,8 @@ two up to 16 (``python -m bnnflow.lanecost``); beyond that block RAM is both che
 
 from __future__ import annotations
 
-__all__ = ["STORAGES", "LUT_MAX_DEPTH", "EBR_MODES", "BRAM_PORT_BITS", "weight_storage",
-           "ebr_count", "port_columns"]
+__all__ = ["STORAGES", "LUT_MAX_DEPTH", "EBR_MODES", "BRAM_PORT_BITS", "BRAM_HALF",
+           "weight_storage", "ebr_count", "port_columns", "rom_banks", "rom_blocks"]
 
 #: The storage kinds, cheapest first for a shallow layer.
 STORAGES = ("const", "lut", "bram")
@@ -86,3 +86,37 @@ def ebr_count(width: int, depth: int) -> int:
     if width < 1 or depth < 1:
         raise ValueError(f"a memory of {width} bits x {depth} words")
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_MODES)
+
+
+
+#: Words of half a DP16KD in its 1,024-word mode: a bank this shallow is read through both
+#: ports of its blocks, one 18-bit column each (:func:`bnnflow.hw.mvtu._bram_read`).
+BRAM_HALF = 512
+
+
+def rom_banks(width: int, depth: int) -> tuple[int, int]:
+    """How a block-RAM ROM is cut into DP16KD blocks: ``(column_bits, bank_depth)``.
+
+    The ROM's words are cut into banks of ``bank_depth`` consecutive words and its bits into
+    columns; each column of a bank is one DP16KD in a true dual-port mode (18 x 1,024 ...
+    1 x 16,384), except that ``column_bits`` 36 means banks of :data:`BRAM_HALF` words whose
+    18-bit columns go two to a block, read through both ports. Of these shapes the one with
+    the fewest blocks is taken and, among those, the fewest banks. A ROM of up to
+    :data:`BRAM_HALF` words is always one bank of column pairs. Every bank is read and
+    registered (the register the board build moves into the block) before a multiplexer
+    picks one, so no read crosses the fabric straight from a block's pins.
+    """
+    if width < 1 or depth < 1:
+        raise ValueError(f"a memory of {width} bits x {depth} words")
+    return min(EBR_MODES, key=lambda mode: (_blocks(width, depth, *mode), -(-depth // mode[1])))
+
+
+def _blocks(width: int, depth: int, bits: int, bank: int) -> int:
+    per_bank = -(-len(port_columns(width)) // 2) if bits > BRAM_PORT_BITS else -(-width // bits)
+    return per_bank * -(-depth // bank)
+
+
+def rom_blocks(width: int, depth: int) -> int:
+    """DP16KD blocks of a ``width``-bit, ``depth``-word block-RAM ROM cut as
+    :func:`rom_banks` says."""
+    return _blocks(width, depth, *rom_banks(width, depth))

@@ -331,9 +331,15 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
     if kind == "const" or varying == 0:
         return 0.0, 0.0, 0
     if kind == "bram":
-        # The MVTU marks these memories ram_style/rom_style "block", so Yosys takes block RAM
-        # even where memory_map() would pick logic.
-        return 0.0, float(2 * (varying + ones)), ebr_blocks(varying, depth)[0]
+        # The MVTU cuts these memories into blocks itself (rom_blocks) and marks them
+        # ram_style/rom_style "block", so Yosys takes block RAM even where memory_map() would
+        # pick logic. Each bank's read is registered, then a multiplexer (about half a LUT4
+        # per input bit) picks one into the second register.
+        from bnnflow.hw.storage import rom_banks, rom_blocks
+
+        banks = -(-depth // rom_banks(varying, depth)[1])
+        bits = varying + ones
+        return 0.5 * bits * (banks - 1), float((banks + 1) * bits), rom_blocks(varying, depth)
     return varying * rom_luts(depth), float(varying + ones + _bits(depth)), 0
 
 
@@ -345,7 +351,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     chooses)."""
     from bnnflow import packing
     from bnnflow.hw.fanout import FANOUT, copies_for
-    from bnnflow.hw.mvtu import MVTU, PE_PER_COPY
+    from bnnflow.hw.mvtu import BLOCKS_PER_ADDR, MVTU, PE_PER_COPY
     from bnnflow.hw.popcount import popcount_width
     from bnnflow.hw.storage import weight_storage
 
@@ -361,6 +367,12 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     lane_bits = acc_bits if integer else popcount_width(simd)
     out_width = pe if hidden else pe * popcount_width(mw)
     adder_bits, stage_regs, stages = tree_profile(simd, eb + 1 if integer else 1)
+    late_regs = 0
+    if storage == "bram" and not integer:
+        # The MVTU's trees over xnor_pairs (their LUTs are the "lanes" feature's), waiting a
+        # register at the end where that takes a stage less.
+        adder_bits, stage_regs, pair_stages = tree_profile(-(-simd // 2), 2)
+        late_regs = (stages - pair_stages) * pe * popcount_width(simd)
 
     x_copies = copies_for(pe, PE_PER_COPY)  # the input slice's register, per 8 PE lanes
     columns = weight_columns(weights, pe, simd)
@@ -387,6 +399,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     dup_regs = 3 * copies_for(mw * eb) + copies_for(in_width * beats)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
+    if storage == "bram":
+        dup_regs += copies_for(weight_ebr, BLOCKS_PER_ADDR) * _bits(depth)
     dup_regs += 2 * -(-pe // max(1, FANOUT // acc_bits))
     flag_bits = 4 + _bits(nf)
     counter_bits = _bits(depth) + _bits(sf) + _bits(nf) + _bits(beats)
@@ -408,7 +422,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         "mvtu.counter_bits": counter_bits + flag_bits * (stages + 3),
         "mvtu.data_regs": (in_width * (beats + 1) + mw * eb + x_regs + pe * lane_bits
                            + pe * acc_bits + out_width),
-        "mvtu.tree_regs": pe * stage_regs,
+        "mvtu.tree_regs": pe * stage_regs + late_regs,
         "mvtu.rom_regs": w_regs + t_regs,
         "mvtu.queue_regs": queue_regs,
         "mvtu.dup_regs": dup_regs,

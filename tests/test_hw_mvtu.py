@@ -25,8 +25,9 @@ from bnnflow.hw.popcount import (
     popcount_width,
     tree_levels,
     tree_stages,
+    xnor_pairs,
 )
-from bnnflow.hw.storage import LUT_MAX_DEPTH, weight_storage
+from bnnflow.hw.storage import LUT_MAX_DEPTH, rom_banks, weight_storage
 from bnnflow.ir import Dense, Thresholds
 
 
@@ -238,6 +239,9 @@ STORAGE_CASES = [
     (12, 24, 3, 24, 24, "lut"),  # SF = 1: the ROM steps through output groups only
     (12, 24, 12, 2, 1, "lut"),  # NF = 1: one threshold word, constant
     (16, 96, 4, 48, 16, "lut"),  # two-stage tree
+    (32, 48, 16, 24, 16, "bram"),  # 11 blocks read from 3 copies of the address register
+    (12, 24, 4, 3, 5, "bram"),  # odd SIMD: a lone last lane beside the xnor_pairs
+    (16, 96, 2, 96, 16, "bram"),  # pairs save a tree stage: the sum waits one cycle
 ]
 
 
@@ -250,6 +254,58 @@ def test_storage_bit_exact_random_stalls(mh, mw, pe, simd, in_width, storage):
                               storage=storage)
     assert dut.weight_storage == storage
     assert got == expected_beats(layer, pe, x)
+
+
+# (width, depth, (column bits, bank depth), banks): block-RAM ROMs cut into several banks
+# (storage.rom_banks), of column pairs and of single columns, with and without a short last
+# bank, and ROMs of one bank.
+BANKED_ROMS = [
+    (36, 1152, (36, 512), 3),
+    (64, 9256, (36, 512), 19),
+    (64, 9216, (18, 1024), 9),
+    (64, 8792, (18, 1024), 9),
+    (40, 1100, (9, 2048), 1),
+    (20, 300, (36, 512), 1),
+    (3, 5000, (2, 8192), 1),
+]
+
+
+@pytest.mark.parametrize(("width", "depth", "shape", "banks"), BANKED_ROMS)
+def test_bram_banks_read_every_word(width, depth, shape, banks):
+    """MVTU._storage("bram") returns word ``addr`` three cycles after ``addr``, for random
+    addresses, however the ROM is cut into banks and columns."""
+    rng = np.random.default_rng(width + depth)
+    words = [int(w) for w in rng.integers(0, 1 << width, depth, dtype=np.uint64)]
+    bank = shape[1]
+    assert rom_banks(width, depth) == shape and -(-depth // bank) == banks
+    m = Module()
+    addr = Signal(range(depth))
+    word = MVTU._storage(m, "rom", "bram", words, width, addr)
+    ends = [depth - 1, 0, min(bank, depth - 1), min(bank, depth) - 1]
+    sequence = [int(a) for a in rng.integers(0, depth, 400)] + ends
+
+    async def bench(ctx):
+        seen = []
+        for a in sequence + [0] * 3:
+            ctx.set(addr, a)
+            await ctx.tick()
+            seen.append(ctx.get(word))
+        assert seen[2:-1] == [words[a] for a in sequence]
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_banked_weights_bit_exact_random_stalls():
+    """An MVTU whose weight ROM is three banks of column pairs (36 bits x 1,152 words)."""
+    rng = np.random.default_rng(11)
+    layer = random_layer(rng, 128, 324)
+    assert rom_banks(4 * 9, 1152) == (36, 512)
+    x = rng.integers(0, 2, (3, 324))
+    _, got, _, _ = simulate(layer, 4, 9, 16, x, seed=3, idle=0.2, stall=0.3)
+    assert got == expected_beats(layer, 4, x)
 
 
 @pytest.mark.parametrize("storage", ["const", "lut", "bram"])
@@ -348,6 +404,31 @@ def test_popcount_exhaustive():
             for v in range(1 << width):
                 ctx.set(i, v)
                 assert ctx.get(o) == bin(v).count("1")
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()
+
+
+def test_xnor_pairs_exhaustive():
+    """The pair counts of xnor_pairs add up to the matches of w and x, for every w and x up to
+    4 bits and random ones of 9 and 10; each pair term is at most 2 bits."""
+    rng = random.Random(3)
+    for width in (1, 2, 3, 4, 9, 10):
+        m = Module()
+        w, x = Signal(width), Signal(width)
+        terms = xnor_pairs(w, x)
+        assert len(terms) == -(-width // 2) and all(len(t) <= 2 for t in terms)
+        o = Signal(popcount_width(width))
+        m.d.comb += o.eq(sum(terms))
+        cases = ([(a, b) for a in range(1 << width) for b in range(1 << width)] if width <= 4
+                 else [(rng.getrandbits(width), rng.getrandbits(width)) for _ in range(300)])
+
+        async def bench(ctx, w=w, x=x, o=o, width=width, cases=cases):
+            for a, b in cases:
+                ctx.set(w, a)
+                ctx.set(x, b)
+                assert ctx.get(o) == width - bin(a ^ b).count("1")
 
         sim = Simulator(m)
         sim.add_testbench(bench)

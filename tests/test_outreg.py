@@ -14,19 +14,19 @@ from amaranth.hdl import Module, Signal
 
 from bnnflow.boards.outreg import absorb_output_registers
 from bnnflow.boards.toolchain import toolchain_env
-from bnnflow.hw.mvtu import _bram_read
+from bnnflow.hw.mvtu import MVTU
+from bnnflow.hw.storage import rom_banks
 
 
 def _synth(tmp_path, width: int, depth: int) -> dict:
-    """A block-RAM ROM read like the MVTU's (read, register, register), through synth_ecp5."""
+    """A block-RAM ROM read as the MVTU reads it (MVTU._storage: a read and a register per
+    bank, then a register of the bank picked), through synth_ecp5."""
     rng = np.random.default_rng(width * depth)
     words = [int(w) for w in rng.integers(0, 1 << min(width, 62), depth)]
     m = Module()
     addr = Signal(range(depth))
     out = Signal(width)
-    near = Signal(width, reset_less=True)
-    m.d.sync += [addr.eq(addr + 1), near.eq(_bram_read(m, "rom", words, width, addr)),
-                 out.eq(near)]
+    m.d.sync += [addr.eq(addr + 1), out.eq(MVTU._storage(m, "rom", "bram", words, width, addr))]
     (tmp_path / "rom.il").write_text(rtlil.convert(m, name="rom", ports=[out]))
     env = toolchain_env()
     script = "read_rtlil rom.il; synth_ecp5 -top rom -json rom.json"
@@ -42,6 +42,8 @@ def _cells(doc, kind):
     (40, 300, 2),  # two 18-bit columns in one block, both ports; 4 bits in a second block
     (20, 512, 1),  # a threshold word: 18 + 2 bits
     (18, 1000, 1),  # deeper than half a block: one port of a 1,024 x 18 block
+    (36, 1152, 3),  # three banks of 512 words, each a block read through both ports
+    (40, 1100, 5),  # one bank of five 9 x 2,048 blocks
 ])
 def test_real_netlist_every_read_register_moves(tmp_path, width, depth, blocks):
     before = _synth(tmp_path, width, depth)
@@ -52,19 +54,22 @@ def test_real_netlist_every_read_register_moves(tmp_path, width, depth, blocks):
     assert all(int(b["parameters"]["DATA_WIDTH_B"], 2) <= 18 for b in brams)
     ffs = len(_cells(before, "TRELLIS_FF"))
 
+    banks = -(-depth // rom_banks(width, depth)[1])
     result = absorb_output_registers(tmp_path / "rom.json")
     after = json.loads((tmp_path / "rom.json").read_text())
-    assert result["bits"] == width and result["left"] == 0
-    assert len(_cells(after, "TRELLIS_FF")) == ffs - width
-    # Every port that is read uses its output register, and the second register now reads
-    # the block's pins directly.
-    regs = {bit for c in _cells(after, "TRELLIS_FF") for bit in c["connections"]["DI"]}
+    assert result["bits"] == width * banks and result["left"] == 0
+    assert len(_cells(after, "TRELLIS_FF")) == ffs - width * banks
+    # Every port that is read uses its output register, and what read its register now
+    # reads the block's pins directly.
+    cells = after["modules"]["rom"]["cells"].values()
+    used = {bit for c in cells if c["type"] != "DP16KD"
+            for bits in c["connections"].values() for bit in bits}
     modes = [b["parameters"][f"REGMODE_{p}"] for b in _cells(after, "DP16KD") for p in "AB"
-             if any(b["connections"][f"DO{p}{k}"][0] in regs for k in range(18))]
+             if any(b["connections"][f"DO{p}{k}"][0] in used for k in range(18))]
     assert result["ports"] == len(modes) and set(modes) == {"OUTREG"}
     pins = {c["connections"][f"DO{p}{k}"][0] for c in _cells(after, "DP16KD")
             for p in "AB" for k in range(18)}
-    assert len(regs & pins) == width
+    assert len(used & pins) == width * banks
 
     # nextpnr takes the rewritten netlist.
     env = toolchain_env()
