@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from netutil import random_conv_net, random_net
 
@@ -152,6 +153,35 @@ def test_estimate_within_15_percent_of_yosys():
     assert abs(est.lut4 - real[0]) <= 0.15 * real[0]
     assert abs(est.ff - real[1]) <= 0.15 * real[1]
     assert est.ebr == real[2]
+
+
+def test_collect_takes_the_next_seed_when_yosys_fails(monkeypatch):
+    seen = []
+
+    def synthesize(net, folding, in_width, log=print):
+        seen.append(net)
+        if len(seen) == 1:
+            raise RuntimeError(f"yosys failed on {net.name} (exit 1): ")
+        return {}
+
+    monkeypatch.setattr(calibrate, "synthesize", synthesize)
+    monkeypatch.setattr(calibrate, "truth_per_block", lambda net, cells: {})
+    logs = []
+    case = calibrate.Case("TFC", (784, 64, 64, 64, 10), 1024)
+    (run,) = calibrate.collect([case], log=logs.append)
+    assert run.net is seen[1] and len(seen) == 2
+    assert not np.array_equal(seen[0].layers[0].weights, seen[1].layers[0].weights)
+    assert "trying weight seed 1" in logs[-1]
+
+
+def test_collect_gives_up_after_the_last_seed(monkeypatch):
+    def synthesize(net, folding, in_width, log=print):
+        raise RuntimeError(f"yosys failed on {net.name} (exit 1): ")
+
+    monkeypatch.setattr(calibrate, "synthesize", synthesize)
+    case = calibrate.Case("TFC", (784, 64, 64, 64, 10), 1024)
+    with pytest.raises(RuntimeError, match="yosys failed on TFC"):
+        calibrate.collect([case], log=lambda s: None)
 
 
 def test_calibrated_coefficients_exist():
