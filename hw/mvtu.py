@@ -420,13 +420,18 @@ class MVTU(wiring.Component):
         if eb == 1:
             return [[~(w_lanes[p][s] ^ s3_xs[p // PE_PER_COPY][s]) for s in range(simd)]
                     for p in range(pe)]
+        # Integer levels: the negated ones are registered beside them (eb + 1 bits each, for
+        # -(-2**(eb-1))), so no carry chain sits between the S3 registers and the lanes' adders.
+        nb = eb + 1
+        s2_neg = Cat((-s2_x[s * eb:(s + 1) * eb].as_signed())[:nb] for s in range(simd))
+        s3_negs = replicated(m, "s3_negx", s2_neg, copies, reset_less=True)
         out = []
         for p in range(pe):
-            s3_x = s3_xs[p // PE_PER_COPY]
+            s3_x, s3_neg = s3_xs[p // PE_PER_COPY], s3_negs[p // PE_PER_COPY]
             terms = []
             for s in range(simd):
                 level = s3_x[s * eb:(s + 1) * eb].as_signed()
-                terms.append(Mux(w_lanes[p][s], level, -level))
+                terms.append(Mux(w_lanes[p][s], level, s3_neg[s * nb:(s + 1) * nb].as_signed()))
             out.append(terms)
         return out
 

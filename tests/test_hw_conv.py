@@ -138,21 +138,25 @@ def test_pixel_levels():
     assert [int(g.data) for g in got] == want
 
 
-@pytest.mark.parametrize(("pe", "simd", "elems"), [(2, 9, 3), (4, 3, 1), (8, 27, 3)])
-def test_integer_input_conv_layer(pe, simd, elems):
+@pytest.mark.parametrize(("pe", "simd", "elems", "lo", "hi"), [
+    (2, 9, 3, -100, 100), (4, 3, 1, -100, 100), (8, 27, 3, -100, 100),
+    (4, 9, 3, -128, 127),  # the full 8-bit range
+])
+def test_integer_input_conv_layer(pe, simd, elems, lo, hi):
     """SWU + integer MVTU against ``reference.accumulate`` + thresholds, on signed levels."""
     rng = np.random.default_rng(pe * simd)
     oc, shape, k = 8, (3, 6, 6), 3
     w = rng.integers(0, 2, (oc, 3, k, k))
-    bound = 100 * 27
+    bound = max(-lo, hi) * 27
     t = rng.integers(-400, 400, oc)
     t[:3] = [-bound - 50, bound + 50, 0]  # clipped thresholds: constant channels
     layer = Conv("c", w, Thresholds(t, rng.random(oc) < 0.3), shape, 1, 1, 0, True)
-    x = rng.integers(-100, 101, (3, *shape))
-    eb = packing.level_bits(range(-100, 101))
+    x = rng.integers(lo, hi + 1, (3, *shape))
+    x[0, :2, :2] = lo  # the most negative level in every tap position of some windows
+    eb = packing.level_bits(range(lo, hi + 1))
     swu = SlidingWindow(shape, k, 1, 1, 0, elems, eb)
     dense = Dense("c", packing.conv_weight_matrix(layer), layer.thresholds, True)
-    mvtu = MVTU(dense, pe, simd, elems * eb, eb, 100)
+    mvtu = MVTU(dense, pe, simd, elems * eb, eb, max(-lo, hi))
     n_pixels = len(x) * 36
     got, _ = stream_through(Chain(swu, mvtu), pixel_beats(x, elems, eb), n_pixels * oc // pe,
                             seed=pe)
