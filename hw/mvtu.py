@@ -150,8 +150,10 @@ def output_queue(m: Module, o: stream.Interface, depth: int) -> OutputQueue:
     return OutputQueue(push, data, credits, refund)
 
 
-#: PE lanes one copy of the input slice's register feeds.
-PE_PER_COPY = 8
+#: PE lanes one copy of the input slice's register feeds. One: a PE's lanes sit by the block
+#: RAMs that hold its weights, spread over the die's EBR rows, and a copy shared by 8 PEs
+#: was SFC's worst path at 64 cycles per frame (9.6 ns of routing to a lane 16 columns away).
+PE_PER_COPY = 1
 
 #: Block RAMs one copy of a weight ROM's address register feeds. SFC at 64 cycles per frame
 #: read 91 blocks from one address counter, whose increment then missed 125 MHz by 4 ns,

@@ -374,7 +374,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         adder_bits, stage_regs, pair_stages = tree_profile(-(-simd // 2), 2)
         late_regs = (stages - pair_stages) * pe * popcount_width(simd)
 
-    x_copies = copies_for(pe, PE_PER_COPY)  # the input slice's register, per 8 PE lanes
+    x_copies = copies_for(pe, PE_PER_COPY)  # the input slice's register, per PE_PER_COPY PEs
     columns = weight_columns(weights, pe, simd)
     if storage == "lut" and not integer:
         # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together (a deeper ROM
