@@ -424,8 +424,12 @@ class MVTU(wiring.Component):
                     for p in range(pe)]
         # Integer levels: the negated ones are registered beside them (eb + 1 bits each, for
         # -(-2**(eb-1))), so no carry chain sits between the S3 registers and the lanes' adders.
+        # They are negated from S1 into one register, then copied (the copies can sit far
+        # apart: CNV's conv0 has 64 PEs, and a negation feeding all 64 missed 125 MHz).
         nb = eb + 1
-        s2_neg = Cat((-s2_x[s * eb:(s + 1) * eb].as_signed())[:nb] for s in range(simd))
+        s2_neg = Signal(simd * nb, reset_less=True)
+        m.d.sync += s2_neg.eq(Cat((-s1_x[s * eb:(s + 1) * eb].as_signed())[:nb]
+                                  for s in range(simd)))
         s3_negs = replicated(m, "s3_negx", s2_neg, copies, reset_less=True)
         out = []
         for p in range(pe):

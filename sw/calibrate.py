@@ -68,16 +68,18 @@ class Case:
 _TFC = (784, 64, 64, 64, 10)
 _SFC = (784, 256, 256, 256, 10)
 
-#: The calibration and validation set: seven foldings each of TFC and SFC, from heavily
-#: folded (a lane or two per layer) to parallel (TFC at 16 cycles, 3,688 lanes), stopping
-#: where one synthesis takes several minutes on a shared 2-core machine. An 8-bit input feeds
-#: a 784-input first layer at most every 98 cycles, so the faster foldings take wider beats.
+#: The calibration and validation set: seven foldings of TFC and eight of SFC, from heavily
+#: folded (a lane or two per layer) to parallel (TFC at 16 cycles, 3,688 lanes; SFC at 64,
+#: 5,224 lanes, the largest that fits the ULX3S-85F and the benchmark's SFC), stopping where
+#: one synthesis takes several minutes on a shared 2-core machine. An 8-bit input feeds a
+#: 784-input first layer at most every 98 cycles, so the faster foldings take wider beats.
 CASES = (
     *(Case("TFC", _TFC, t) for t in (4096, 1024, 256, 98)),
     Case("TFC", _TFC, 64, 16),
     Case("TFC", _TFC, 32, 32),
     Case("TFC", _TFC, 16, 64),
     *(Case("SFC", _SFC, t) for t in (16384, 4096, 2048, 1024, 512, 256, 128)),
+    Case("SFC", _SFC, 64, 32),
 )
 
 #: A small conv net, the fit's only data on sliding windows and max-pools.

@@ -385,7 +385,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         x_regs = simd * (2 + x_copies)
     else:
         w_luts, w_regs, weight_ebr = _rom(storage, columns, depth)
-        x_regs = simd * eb * (2 + x_copies) + (simd * (eb + 1) * x_copies if integer else 0)
+        x_regs = simd * eb * (2 + x_copies) + (simd * (eb + 1) * (1 + x_copies) if integer else 0)
     t_luts = t_regs = 0.0
     threshold_ebr = 0
     if hidden:
