@@ -290,8 +290,8 @@ class MVTU(wiring.Component):
         # Every input of the next-state logic is a flip-flop (the counters' wrap flags and the
         # credit comparisons are registered too), so `load_n` and `step_n` are a few LUTs deep.
         busy_n, full_n, step_n, load_n, credit_n = Signal(), Signal(), Signal(), Signal(), Signal()
-        sf, sf_last, sf_last_n = wrap_counter(m, "sf", sf_n, step)
-        addr, final, final_n = wrap_counter(m, "addr", steps, step)
+        sf, sf_last, sf_last_n, _ = wrap_counter(m, "sf", sf_n, step)
+        addr, final, final_n, addr_next = wrap_counter(m, "addr", steps, step)
         consume = Signal()
         credits_n = Signal.like(credits)
         above1, above0 = Signal(init=depth > 1), Signal(init=1)  # credits > 1, credits > 0
@@ -330,7 +330,6 @@ class MVTU(wiring.Component):
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
-        addr_next = Mux(step, Mux(final, 0, addr + 1), addr)  # as wrap_counter steps it
         lanes_in = self._weights(m, addr, addr_next, x[:simd * eb])
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                    "nf": range(nf_n)})
@@ -493,7 +492,7 @@ class MVTU(wiring.Component):
         beat = Signal(width, reset_less=True)
         m.d.sync += beat.eq(i.p.data)
         shifted = Cat(fill[width:], beat)
-        _, count_last, _ = wrap_counter(m, "count", beats, take)
+        _, count_last, _, _ = wrap_counter(m, "count", beats, take)
         m.d.comb += completing.eq(take & count_last)
         chunks = copies_for(len(fill))
         valid = replicated(m, "fill_shift", take, chunks, reset_less=True)
@@ -604,26 +603,29 @@ def _pair_read(m: Module, name: str, words: list[int], width: int,
     return Cat(parts)
 
 
-def wrap_counter(m: Module, name: str, n: int, advance: Value) -> tuple[Signal, Signal, Signal]:
+def wrap_counter(m: Module, name: str, n: int,
+                 advance: Value) -> tuple[Signal, Signal, Signal, Value]:
     """A counter over ``range(n)`` that steps (wrapping to 0) when ``advance`` is high, with its
     wrap flag kept as a register.
 
-    Returns ``(value, last, last_next)``: ``last`` is the registered ``value == n - 1``, and
-    ``last_next`` its next value, a single LUT of ``advance``, ``last`` and the registered
-    ``value == n - 2``; no comparison sits behind the counter's adder.
+    Returns ``(value, last, last_next, value_next)``: ``last`` is the registered ``value ==
+    n - 1``, and ``last_next`` its next value, a single LUT of ``advance``, ``last`` and the
+    registered ``value == n - 2``; no comparison sits behind the counter's adder.
+    ``value_next`` is what ``value`` takes at the clock edge (for copies of the register).
     """
     value = Signal(range(n), name=name)
     last = Signal(init=n == 1, name=f"{name}_last")
     penult = Signal(init=n == 2, name=f"{name}_penult")
     last_next = Signal(name=f"{name}_last_next")
+    value_next = Mux(advance, Mux(last, 0, value + 1), value)
     m.d.comb += last_next.eq(Mux(advance, Mux(last, n == 1, penult), last))
+    m.d.sync += value.eq(value_next)
     with m.If(advance):
         m.d.sync += [
-            value.eq(Mux(last, 0, value + 1)),
             last.eq(last_next),
             penult.eq(Mux(last, n == 2, value == n - 3) if n >= 3 else Mux(last, n == 2, 0)),
         ]
-    return value, last, last_next
+    return value, last, last_next, value_next
 
 
 def _rom(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:

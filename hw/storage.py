@@ -88,7 +88,6 @@ def ebr_count(width: int, depth: int) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in EBR_MODES)
 
 
-
 #: Words of half a DP16KD in its 1,024-word mode: a bank this shallow is read through both
 #: ports of its blocks, one 18-bit column each (:func:`bnnflow.hw.mvtu._bram_read`).
 BRAM_HALF = 512
