@@ -105,21 +105,24 @@ def output_layout(net: Network) -> data.StructLayout:
     return result_layout(net.num_classes, net.layers[-1].in_features)
 
 
-def latency(net: Network, folding: Folding) -> int:
+def latency(net: Network, folding: Folding, in_width: int = 8) -> int:
     """Cycles from the transfer of a frame's last input beat to the transfer of its result.
 
     For dense networks. Holds when the pipeline is idle before the frame and ``m_axis`` is
     ready. Each layer adds its MVTU's :attr:`~MVTU.latency` (which grows with the adder tree
-    of its SIMD lanes) plus ``NF*SF - 1`` steps from its first to its last output beat (the
-    next layer starts only once it has the whole vector); the argmax adds its input register,
-    one register per level of its compare tree over the final layer's PE lanes, and its output
-    register.
+    of its SIMD lanes, and by a cycle where its steps outnumber its input beats) plus
+    ``NF*SF - 1`` steps from its first to its last output beat (the next layer starts only
+    once it has the whole vector); the argmax adds its input register, one register per
+    level of its compare tree over the final layer's PE lanes, and its output register.
     """
     total = 1 + Argmax.stage_count(folding[net.layers[-1].name].pe)
+    width = stream_elems(net, in_width)
     for layer in net.layers:
         f = folding[layer.name]
         steps = (layer.out_features // f.pe) * (layer.in_features // f.simd)
-        total += MVTU.pipeline_latency(f.simd) + steps - 1
+        beats = -(-layer.in_features // width)
+        total += MVTU.pipeline_latency(f.simd, beats, steps) + steps - 1
+        width = f.pe
     return total
 
 

@@ -22,7 +22,8 @@ Design choices:
 * Every stage is a short piece of logic (at most two adder levels, one carry-chain add, or
   one compare), so the unit is not what limits the clock; the price is ``k + 8`` cycles of
   latency (:meth:`MVTU.pipeline_latency`, counted from the input beat to the output), the
-  same whatever the weight storage.
+  same whatever the weight storage, plus one where the steps outnumber the input beats
+  (:meth:`MVTU.loads_shifting`).
 * Weight storage follows the fold depth ``NF*SF`` (:mod:`bnnflow.hw.storage`): constants when a
   layer is fully parallel, so the XNOR disappears into the popcount's first LUTs; a LUT ROM
   indexed by the step address when each lane cycles through few weights, where one LUT4 holds
@@ -232,16 +233,28 @@ class MVTU(wiring.Component):
         #: an idle MVTU with a ready output, the first output beat transfers ``latency + SF - 1``
         #: cycles after that input beat, the last ``NF*SF - 1`` later. See
         #: :meth:`pipeline_latency`.
-        self.latency = self.pipeline_latency(simd)
+        self.latency = self.pipeline_latency(simd, self.beats, self.nf * self.sf)
         super().__init__({
             "i_stream": In(stream.Signature(beat_layout(in_width))),
             "o_stream": Out(stream.Signature(beat_layout(self.out_width))),
         })
 
     @staticmethod
-    def pipeline_latency(simd: int) -> int:
-        """:attr:`latency` of an MVTU with ``simd`` inputs per step, whatever its storage."""
-        return 6 + tree_stages(simd) + 2
+    def loads_shifting(beats: int, steps: int) -> bool:
+        """Whether the compute register may load a vector in the cycle its last beat is still
+        being shifted into the fill register (through a second multiplexer on every bit).
+
+        Only a unit whose input beats outnumber its steps needs that: its fill register is the
+        bottleneck, and waiting for the shift would cost a cycle per vector. A unit with more
+        steps than beats spends at least ``beats + 1`` cycles per vector anyway, so it loads
+        from the fill register alone a cycle later (latency, never throughput)."""
+        return beats >= steps
+
+    @staticmethod
+    def pipeline_latency(simd: int, beats: int = 1, steps: int = 1) -> int:
+        """:attr:`latency` of an MVTU with ``simd`` inputs per step, ``beats`` input beats per
+        vector and ``steps`` steps per vector, whatever its storage."""
+        return 6 + tree_stages(simd) + 2 + (not MVTU.loads_shifting(beats, steps))
 
     @staticmethod
     def queue_depth(simd: int, sf: int) -> int:
@@ -281,6 +294,7 @@ class MVTU(wiring.Component):
 
         take = Signal()
         completing = Signal()
+        shifting = self.loads_shifting(self.beats, steps)
         fill, shifted = self._fill(m, take, completing)
         m.d.comb += [
             i.ready.eq(~full | load),  # the beat lands in a slot the load empties this cycle
@@ -301,7 +315,7 @@ class MVTU(wiring.Component):
             busy_n.eq(load | (busy & ~(step & final))),
             credit_n.eq(Mux(refund & ~consume, 1, Mux(consume & ~refund, above1, above0))),
             step_n.eq(busy_n & (~sf_last_n | credit_n)),
-            load_n.eq(full_n & (~busy_n | (step_n & final_n))),
+            load_n.eq(full_n & (~busy_n | (step_n & final_n)) & (shifting | ~completing)),
             credits_n.eq(credits - consume + refund),
         ]
         m.d.sync += [
@@ -315,16 +329,19 @@ class MVTU(wiring.Component):
         # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk
         # has its own copies of the two decisions.
         # A vector whose last beat arrived in the previous cycle is still one shift short in
-        # the fill register: it is loaded from `shifted` (`fresh`), any other from `fill`.
+        # the fill register: where that load is allowed (:meth:`loads_shifting`) it comes from
+        # `shifted` (`fresh`), any other from `fill`; elsewhere every load is from `fill`,
+        # one LUT per bit instead of two.
         x = Signal(width, reset_less=True)
         rotated = x.rotate_right(simd * eb)
         chunks = copies_for(width)
         ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
         ld = replicated(m, "x_load", load_n, chunks, reset_less=True)
-        fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
+        if shifting:
+            fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
         for k in range(chunks):
             lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
-            vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi])
+            vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi]) if shifting else fill[lo:hi]
             with m.If(ce[k]):
                 m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
 

@@ -58,7 +58,8 @@ _DPR_COST = 4  # per TRELLIS_DPR16X4 (16 words x 4 bits), lutrams_trellis.txt
 LUT_COEF: dict[str, float] = {
     "mvtu.const": 1.9584,
     "mvtu.counter_bits": 2.5012,
-    "mvtu.x_in": 1.9982,
+    "mvtu.x_in": 1.0,
+    "mvtu.x_fresh": 1.0,
     "mvtu.x_rot": 0.0,
     "mvtu.lanes": 1.6479,
     "mvtu.pc_bits": 0.9013,
@@ -98,7 +99,8 @@ FF_COEF: dict[str, float] = {
 
 #: Coefficients fitted against Yosys; the rest are structural priors (1 per counted bit).
 CALIBRATED = frozenset({
-    "lut4:mvtu.const", "lut4:mvtu.counter_bits", "lut4:mvtu.x_in", "lut4:mvtu.x_rot",
+    "lut4:mvtu.const", "lut4:mvtu.counter_bits", "lut4:mvtu.x_in", "lut4:mvtu.x_fresh",
+    "lut4:mvtu.x_rot",
     "lut4:mvtu.lanes", "lut4:mvtu.pc_bits", "lut4:mvtu.acc_bits", "lut4:mvtu.cmp_bits",
     "lut4:mvtu.rom_luts", "lut4:argmax.const", "lut4:argmax.lane_bits",
     "ff:mvtu.const", "ff:mvtu.counter_bits", "ff:mvtu.data_regs", "ff:mvtu.tree_regs",
@@ -396,7 +398,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
     # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the
     # accumulator's enable and clear.
-    dup_regs = 3 * copies_for(mw * eb) + copies_for(in_width * beats)
+    decisions = 3 if MVTU.loads_shifting(beats, depth) else 2
+    dup_regs = decisions * copies_for(mw * eb) + copies_for(in_width * beats)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
     if storage == "bram":
@@ -408,6 +411,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits,
         "mvtu.x_in": mw * eb,
+        "mvtu.x_fresh": mw * eb if MVTU.loads_shifting(beats, depth) else 0,
         "mvtu.x_rot": mw * eb if sf > 1 else 0,
         "mvtu.lanes": lanes if storage == "bram" and not integer else 0,
         "mvtu.pc_bits": 0 if integer else pe * adder_bits,

@@ -145,6 +145,7 @@ def test_scores_mode(mh, mw, pe, simd, in_width):
 @pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), [
     (16, 32, 2, 8, 4),  # input beats (8) well under the 32 compute cycles
     (16, 16, 4, 16, 4),  # input beats == NF*SF == 4: the load bypass must avoid a bubble
+    (8, 12, 4, 6, 4),  # 3 beats, 4 steps: loading a cycle after the last shift costs none
     (8, 8, 8, 4, 8),  # two cycles per vector
     (8, 128, 2, 64, 32),  # a two-stage adder tree
     (4, 512, 2, 512, 256),  # a three-stage adder tree, one slice per vector
@@ -159,8 +160,12 @@ def test_throughput_and_latency(mh, mw, pe, simd, in_width, storage):
     tails = [c for c, (_, last) in zip(cycles, got, strict=True) if last]
     # Steady state is exactly one (nf, sf) step per cycle: no bubble between vectors.
     assert np.all(np.diff(tails) == dut.cycles)
-    # The latency is the same whatever the storage, and grows with the adder tree only.
-    assert dut.latency == MVTU.pipeline_latency(simd) == 8 + tree_stages(simd)
+    # The latency is the same whatever the storage; it grows with the adder tree, and by the
+    # cycle a vector waits in the fill register where the steps outnumber the beats.
+    waits = dut.beats < dut.cycles
+    assert waits == (not MVTU.loads_shifting(dut.beats, dut.cycles))
+    assert dut.latency == MVTU.pipeline_latency(simd, dut.beats, dut.cycles)
+    assert dut.latency == 8 + tree_stages(simd) + waits
     assert cycles[0] - sent[dut.beats - 1] == dut.latency + dut.sf - 1
 
 
