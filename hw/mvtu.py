@@ -82,7 +82,7 @@ from . import storage
 from .fanout import FANOUT, copies_for, replicated
 from .popcount import adder_tree, popcount_width, tree_stages, xnor_pairs
 
-__all__ = ["beat_layout", "OutputQueue", "output_queue", "MVTU", "rom_value"]
+__all__ = ["beat_layout", "OutputQueue", "output_queue", "MVTU", "pick_bits", "rom_value"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -484,12 +484,17 @@ class MVTU(wiring.Component):
             m.d.sync += [near.eq(reads[0]), word.eq(near)]
             return word
         # Each bank's read is registered (in the block, after the board build), the bank is
-        # picked from those registers.
-        nears = [Signal(width, name=f"{name}_read{b}", reset_less=True)
-                 for b in range(len(reads))]
-        pick = Signal.like(bank, name=f"{name}_pick")
+        # picked from those registers, by copies of the bank index: each steers FANOUT
+        # multiplexer inputs at most (CNV's 18-bank conv7 weights missed 125 MHz on one
+        # index register steering all 64 bits' multiplexers: 5.7 ns of routing).
+        banks = len(reads)
+        nears = [Signal(width, name=f"{name}_read{b}", reset_less=True) for b in range(banks)]
         m.d.sync += [n.eq(r) for n, r in zip(nears, reads, strict=True)]
-        m.d.sync += [pick.eq(bank), word.eq(Array(nears)[pick])]
+        per = pick_bits(banks)
+        picks = replicated(m, f"{name}_pick", bank, copies_for(width, per), reset_less=True)
+        for k, pick in enumerate(picks):
+            lo, hi = k * per, min(width, (k + 1) * per)
+            m.d.sync += word[lo:hi].eq(Array(n[lo:hi] for n in nears)[pick])
         return word
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
@@ -535,6 +540,12 @@ class MVTU(wiring.Component):
                              self.pe * lane.size, nf)
         t_lanes = data.View(data.ArrayLayout(lane, self.pe), word)
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
+
+
+def pick_bits(banks: int) -> int:
+    """Word bits one copy of a banked ROM's bank index steers: :data:`FANOUT` multiplexer
+    inputs, ``banks`` per bit."""
+    return max(1, FANOUT // banks)
 
 
 def _bram_read(m: Module, name: str, words: list[int], width: int,

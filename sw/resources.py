@@ -337,11 +337,16 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
         # ram_style/rom_style "block", so Yosys takes block RAM even where memory_map() would
         # pick logic. Each bank's read is registered, then a multiplexer (about half a LUT4
         # per input bit) picks one into the second register.
+        from bnnflow.hw.fanout import copies_for
+        from bnnflow.hw.mvtu import pick_bits
         from bnnflow.hw.storage import rom_banks, rom_blocks
 
         banks = -(-depth // rom_banks(varying, depth)[1])
         bits = varying + ones
-        return 0.5 * bits * (banks - 1), float((banks + 1) * bits), rom_blocks(varying, depth)
+        # the bank index's copies, when there is more than one bank
+        picks = copies_for(bits, pick_bits(banks)) * _bits(banks) if banks > 1 else 0
+        return (0.5 * bits * (banks - 1), float((banks + 1) * bits + picks),
+                rom_blocks(varying, depth))
     return varying * rom_luts(depth), float(varying + ones + _bits(depth)), 0
 
 
