@@ -250,7 +250,7 @@ def test_reset_tree_in_a_reset_less_domain():
         ctx.set(request, 1)
         await ctx.tick()
         ctx.set(request, 0)
-        await ctx.tick().repeat(2)  # the root and the leaves: blocks leave reset now
+        await ctx.tick().repeat(2)  # the hops and the leaves: blocks leave reset now
         started.append(True)
         await send(ctx, dut.s_axis, after, rng=random.Random(2), idle=0.2)
 
