@@ -29,7 +29,7 @@ __all__ = ["HOST_LINK", "LUT_UTILIZATION", "Budget", "FitError", "board_budget",
 #: LUT4 before packing; nextpnr adds feed-through LUTs, and the model reads low on the widest
 #: layers: SFC at 28 cycles per frame, estimated at 77 % of the ULX3S-85F, was placed at 92 %
 #: and router2 still had 70,900 overused wires after 15 minutes. At 70 % SFC takes 64 cycles
-#: (placed at 31 %, routed) and CNV 9,408.
+#: (placed at 28 % of the LUT4 on generator 8, routed) and CNV 8,100 (placed at 72 %, routed).
 LUT_UTILIZATION = 0.70
 
 #: What the board top adds beside the core (UART, framing, responder, replay meter and its

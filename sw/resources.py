@@ -403,7 +403,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
     # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the
     # accumulator's enable and clear.
-    decisions = 3 if MVTU.loads_shifting(beats, depth) else 2
+    shifting = MVTU.loads_shifting(beats, depth)  # a second multiplexer on the input register
+    decisions = 3 if shifting else 2
     dup_regs = decisions * copies_for(mw * eb) + copies_for(in_width * beats)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
@@ -416,7 +417,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits,
         "mvtu.x_in": mw * eb,
-        "mvtu.x_fresh": mw * eb if MVTU.loads_shifting(beats, depth) else 0,
+        "mvtu.x_fresh": mw * eb if shifting else 0,
         "mvtu.x_rot": mw * eb if sf > 1 else 0,
         "mvtu.lanes": lanes if storage == "bram" and not integer else 0,
         "mvtu.pc_bits": 0 if integer else pe * adder_bits,
