@@ -11,8 +11,9 @@ Datapath, one register stage per line::
     input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD)
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
-    S2  block RAM data registered next to the block RAM, or the LUT ROM's address copies
-    S3  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
+    S2  block RAM data registered in the block, or the LUT ROM's address again
+    S3  block RAM data (its bank picked) on its way to the lanes, or the LUT ROM's address copies
+    S4  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
     P1…Pk  PE adder trees over xnor(w, x), a register every 2 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
@@ -20,18 +21,19 @@ Datapath, one register stage per line::
 Design choices:
 
 * Every stage is a short piece of logic (at most two adder levels, one carry-chain add, or
-  one compare), so the unit is not what limits the clock; the price is ``k + 8`` cycles of
+  one compare), so the unit is not what limits the clock; the price is ``k + 9`` cycles of
   latency (:meth:`MVTU.pipeline_latency`, counted from the input beat to the output), the
   same whatever the weight storage, plus one where the steps outnumber the input beats
   (:meth:`MVTU.loads_shifting`).
 * Weight storage follows the fold depth ``NF*SF`` (:mod:`bnnflow.hw.storage`): constants when a
   layer is fully parallel, so the XNOR disappears into the popcount's first LUTs; a LUT ROM
   indexed by the step address when each lane cycles through few weights, where one LUT4 holds
-  an 8-entry ROM together with the XNOR and the S3 register takes the XNOR bits; block RAM when
+  an 8-entry ROM together with the XNOR and the S4 register takes the XNOR bits; block RAM when
   it cycles through many. Block RAM is read at copies of the step address (one per
   :data:`BLOCKS_PER_ADDR` blocks) and cut into banks and columns of one DP16KD each
   (:func:`~bnnflow.hw.storage.rom_banks`); each bank's read is registered (S2, the register
-  the board build moves into the block), then the bank holding the word (S3). The threshold
+  the board build moves into the block), then the bank holding the word (S3), then once more
+  among the lanes (S4). The threshold
   memory (``NF`` words) follows the same rule.
 * With block-RAM weights the adder trees start with :func:`~bnnflow.hw.popcount.xnor_pairs`,
   which put each XNOR inside the LUT that adds two lanes, so the first register stage sums
@@ -39,9 +41,11 @@ Design choices:
 * The input is double-buffered: the fill register collects vector ``k+1`` while the compute
   register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
   enables are flip-flops (replicated) and its data moves one beat along: no net fans out over
-  it, however narrow the beats. The compute register rotates instead of being indexed, so
-  the SIMD slice is always its low bits and no ``SF``-way multiplexer is built; after ``SF``
-  steps it is back in place for the next output group. A vector whose last beat is still in
+  it, however narrow the beats. Beyond four slices per vector the compute register rotates
+  instead of being indexed, so the SIMD slice is always its low bits and no ``SF``-way
+  multiplexer is built; after ``SF`` steps it is back in place for the next output group.
+  With two to four slices a multiplexer costs less than the rotation, and the register holds
+  still (:meth:`MVTU.picks_slices`). A vector whose last beat is still in
   the beat register is loaded together with it, so an input that takes exactly ``NF*SF``
   beats per vector loses no cycle.
 * Credits instead of a stall enable: S0 issues the step that completes an output beat only
@@ -229,7 +233,7 @@ class MVTU(wiring.Component):
         #: Registers of the lanes' adder trees (:func:`~bnnflow.hw.popcount.tree_stages`).
         self.tree_stages = tree_stages(simd)
         #: Registers between the transfer of a vector's last input beat and the output register
-        #: (load, S0, S1, S2, the adder tree's stages, the accumulator, the result register): on
+        #: (load, S0, S1 to S4, the adder tree's stages, the accumulator, the result register): on
         #: an idle MVTU with a ready output, the first output beat transfers ``latency + SF - 1``
         #: cycles after that input beat, the last ``NF*SF - 1`` later. See
         #: :meth:`pipeline_latency`.
@@ -251,10 +255,22 @@ class MVTU(wiring.Component):
         return beats >= steps
 
     @staticmethod
+    def picks_slices(sf: int) -> bool:
+        """Whether a unit of ``sf`` input slices per vector picks the step's slice from a
+        compute register that holds still, rather than rotating that register.
+
+        Rotating costs one LUT4 per bit of the vector (the load-or-rotate multiplexer) and no
+        slice multiplexer; holding costs none on the register and an ``sf``-way multiplexer
+        per slice bit: one LUT4 for two slices, two (a PFU's LUT5) for three or four, the
+        rotation's ``sf`` or more beyond. Picking is cheaper from 2 to 4 slices (SFC's first
+        layer at 64 cycles: 392 LUT4 instead of 784)."""
+        return 2 <= sf <= 4
+
+    @staticmethod
     def pipeline_latency(simd: int, beats: int = 1, steps: int = 1) -> int:
         """:attr:`latency` of an MVTU with ``simd`` inputs per step, ``beats`` input beats per
         vector and ``steps`` steps per vector, whatever its storage."""
-        return 6 + tree_stages(simd) + 2 + (not MVTU.loads_shifting(beats, steps))
+        return 7 + tree_stages(simd) + 2 + (not MVTU.loads_shifting(beats, steps))
 
     @staticmethod
     def queue_depth(simd: int, sf: int) -> int:
@@ -304,7 +320,7 @@ class MVTU(wiring.Component):
         # Every input of the next-state logic is a flip-flop (the counters' wrap flags and the
         # credit comparisons are registered too), so `load_n` and `step_n` are a few LUTs deep.
         busy_n, full_n, step_n, load_n, credit_n = Signal(), Signal(), Signal(), Signal(), Signal()
-        sf, sf_last, sf_last_n, _ = wrap_counter(m, "sf", sf_n, step)
+        sf, sf_last, sf_last_n, sf_next = wrap_counter(m, "sf", sf_n, step)
         addr, final, final_n, addr_next = wrap_counter(m, "addr", steps, step)
         consume = Signal()
         credits_n = Signal.like(credits)
@@ -325,36 +341,56 @@ class MVTU(wiring.Component):
         with m.If(step & sf_last):
             m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
 
-        # The compute register takes the filled vector on `load` and rotates by one SIMD slice
-        # on every step, so its low bits are always the step's inputs; each FANOUT-bit chunk
-        # has its own copies of the two decisions.
+        # The compute register takes the filled vector on `load`. Where SF is 2 to 4
+        # (:meth:`picks_slices`) it holds it, and the step's slice is picked by copies of the
+        # sf counter; otherwise it rotates by one SIMD slice on every step, so its low bits
+        # are always the step's inputs. Each FANOUT-bit chunk has its own copies of the
+        # decisions.
         # A vector whose last beat arrived in the previous cycle is still one shift short in
         # the fill register: where that load is allowed (:meth:`loads_shifting`) it comes from
         # `shifted` (`fresh`), any other from `fill`; elsewhere every load is from `fill`,
         # one LUT per bit instead of two.
         x = Signal(width, reset_less=True)
-        rotated = x.rotate_right(simd * eb)
         chunks = copies_for(width)
-        ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
+        picking = self.picks_slices(sf_n)
         ld = replicated(m, "x_load", load_n, chunks, reset_less=True)
+        if not picking:
+            ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
+            rotated = x.rotate_right(simd * eb)
         if shifting:
             fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
         for k in range(chunks):
             lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
             vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi]) if shifting else fill[lo:hi]
-            with m.If(ce[k]):
-                m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
+            if picking:
+                with m.If(ld[k]):
+                    m.d.sync += x[lo:hi].eq(vector)
+            else:
+                with m.If(ce[k]):
+                    m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
+        slice_bits = simd * eb
+        if picking:
+            # One copy of the slice index per FANOUT multiplexers, each loaded with the
+            # counter's next value, so it equals `sf`.
+            pieces = copies_for(slice_bits)
+            sel = replicated(m, "x_pick", sf_next, pieces, reset_less=True)
+            bounds = [(k * FANOUT, min(slice_bits, (k + 1) * FANOUT)) for k in range(pieces)]
+            x_slice = Cat(Array(x[j * slice_bits + lo:j * slice_bits + hi]
+                                for j in range(sf_n))[sel[k]]
+                          for k, (lo, hi) in enumerate(bounds))
+        else:
+            x_slice = x[:slice_bits]
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
-        lanes_in = self._weights(m, addr, addr_next, x[:simd * eb])
+        lanes_in = self._weights(m, addr, addr_next, x_slice)
         flags = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1,
                                    "nf": range(nf_n)})
-        s1, s2, s3 = Signal(flags), Signal(flags), Signal(flags)
+        s1, s2, s3, s4 = Signal(flags), Signal(flags), Signal(flags), Signal(flags)
         m.d.sync += [
             s1.valid.eq(step), s1.nf.eq(nf), s1.final.eq(final),
             s1.first.eq(sf == 0), s1.last.eq(sf_last),
-            s2.eq(s1), s3.eq(s2),
+            s2.eq(s1), s3.eq(s2), s4.eq(s3),
         ]
 
         # S2..: per PE lane, the pipelined popcount of xnor(w, x) (or signed level sum).
@@ -369,7 +405,7 @@ class MVTU(wiring.Component):
                 m.d.sync += late.eq(total)
                 total = late
             sums.append(total)
-        chain = [s1, s2, s3]
+        chain = [s1, s2, s3, s4]
         for k in range(self.tree_stages):
             reg = Signal(flags, name=f"flags_p{k + 1}")
             m.d.sync += reg.eq(chain[-1])
@@ -377,7 +413,7 @@ class MVTU(wiring.Component):
         tail = chain[-1]
 
         # Accumulator stage: sum over sf, its enable and clear replicated per group of PEs.
-        # The threshold word of output group nf is addressed three stages ahead, so it arrives
+        # The threshold word of output group nf is addressed four stages ahead, so it arrives
         # (registered) together with the group's final total.
         acc = Signal(data.ArrayLayout(self.acc_shape, pe), reset_less=True)
         per = max(1, FANOUT // self.acc_shape.width)
@@ -389,7 +425,7 @@ class MVTU(wiring.Component):
         for p in range(pe):
             with m.If(valid[p // per]):
                 m.d.sync += acc[p].eq(Mux(first[p // per], 0, acc[p]) + sums[p])
-        lanes = self._activate(m, chain[-3].nf, acc)
+        lanes = self._activate(m, chain[-4].nf, acc)
 
         # Result register: threshold compare (or the counts) of the completed group, into the
         # queue, which has room for it by the credit its step took.
@@ -401,9 +437,9 @@ class MVTU(wiring.Component):
 
     def _weights(self, m: Module, addr: Value, addr_next: Value,
                  x: Value) -> list[list[Value]]:
-        """Stages S1 and S2: the terms each PE lane sums, one per SIMD input.
+        """Stages S1 to S4: the terms each PE lane sums, one per SIMD input.
 
-        The weight word of step ``addr`` is registered three cycles later, whatever its storage
+        The weight word of step ``addr`` is registered four cycles later, whatever its storage
         (:meth:`_storage`), together with the input slice ``x`` delayed beside it. Block RAM
         reads ``addr`` from copies of its register, one per :data:`BLOCKS_PER_ADDR` blocks,
         each loaded with ``addr_next``, the counter's next value.
@@ -414,74 +450,83 @@ class MVTU(wiring.Component):
         # lanes, so no input bit (or its negation, for an integer layer) fans out further.
         copies = copies_for(pe, PE_PER_COPY)
         kind = self.weight_storage
-        s1_x, s2_x = Signal(simd * eb, reset_less=True), Signal(simd * eb, reset_less=True)
-        m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x)]
+        s1_x, s2_x, s3_x = (Signal(simd * eb, name=f"s{k}_x", reset_less=True)
+                            for k in (1, 2, 3))
+        m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x), s3_x.eq(s2_x)]
         if kind == "lut" and eb == 1:
-            # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S3
-            # register takes the XNOR bits, so the input slice needs no third register.
-            s1_addr = Signal.like(addr, name="weights_addr", reset_less=True)
-            m.d.sync += s1_addr.eq(addr)
-            x_copies = replicated(m, "s2_x", s1_x, copies, reset_less=True)
-            s3_bits = Signal(pe * simd, reset_less=True)
-            rom = _rom(m, "weights", words, pe * simd, s1_addr)
+            # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S4
+            # register takes the XNOR bits, so the input slice needs no fourth register.
+            s1_addr = Signal.like(addr, name="weights_addr1", reset_less=True)
+            s2_addr = Signal.like(addr, name="weights_addr", reset_less=True)
+            m.d.sync += [s1_addr.eq(addr), s2_addr.eq(s1_addr)]
+            x_copies = replicated(m, "s3_xc", s2_x, copies, reset_less=True)
+            s4_bits = Signal(pe * simd, reset_less=True)
+            rom = _rom(m, "weights", words, pe * simd, s2_addr)
             xs = Cat(x_copies[p // PE_PER_COPY] for p in range(pe))
-            m.d.sync += s3_bits.eq(~(rom ^ xs))
-            return [[s3_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        s3_xs = replicated(m, "s3_x", s2_x, copies, reset_less=True)
+            m.d.sync += s4_bits.eq(~(rom ^ xs))
+            return [[s4_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
+        s4_xs = replicated(m, "s4_x", s3_x, copies, reset_less=True)
         if kind == "bram":
             blocks = storage.rom_blocks(pe * simd, len(words))
             addr = replicated(m, "weights_addr", addr_next, copies_for(blocks, BLOCKS_PER_ADDR))
         w = self._storage(m, "weights", kind, words, pe * simd, addr)
         w_lanes = data.View(data.ArrayLayout(unsigned(simd), pe), w)
         if eb == 1 and kind == "bram":
-            return [xnor_pairs(w_lanes[p], s3_xs[p // PE_PER_COPY]) for p in range(pe)]
+            return [xnor_pairs(w_lanes[p], s4_xs[p // PE_PER_COPY]) for p in range(pe)]
         if eb == 1:
-            return [[~(w_lanes[p][s] ^ s3_xs[p // PE_PER_COPY][s]) for s in range(simd)]
+            return [[~(w_lanes[p][s] ^ s4_xs[p // PE_PER_COPY][s]) for s in range(simd)]
                     for p in range(pe)]
         # Integer levels: the negated ones are registered beside them (eb + 1 bits each, for
-        # -(-2**(eb-1))), so no carry chain sits between the S3 registers and the lanes' adders.
-        # They are negated from S1 into one register, then copied (the copies can sit far
+        # -(-2**(eb-1))), so no carry chain sits between the S4 registers and the lanes' adders.
+        # They are negated from S2 into one register, then copied (the copies can sit far
         # apart: CNV's conv0 has 64 PEs, and a negation feeding all 64 missed 125 MHz).
         nb = eb + 1
-        s2_neg = Signal(simd * nb, reset_less=True)
-        m.d.sync += s2_neg.eq(Cat((-s1_x[s * eb:(s + 1) * eb].as_signed())[:nb]
+        s3_neg = Signal(simd * nb, reset_less=True)
+        m.d.sync += s3_neg.eq(Cat((-s2_x[s * eb:(s + 1) * eb].as_signed())[:nb]
                                   for s in range(simd)))
-        s3_negs = replicated(m, "s3_negx", s2_neg, copies, reset_less=True)
+        s4_negs = replicated(m, "s4_negx", s3_neg, copies, reset_less=True)
         out = []
         for p in range(pe):
-            s3_x, s3_neg = s3_xs[p // PE_PER_COPY], s3_negs[p // PE_PER_COPY]
+            s4_x, s4_neg = s4_xs[p // PE_PER_COPY], s4_negs[p // PE_PER_COPY]
             terms = []
             for s in range(simd):
-                level = s3_x[s * eb:(s + 1) * eb].as_signed()
-                terms.append(Mux(w_lanes[p][s], level, s3_neg[s * nb:(s + 1) * nb].as_signed()))
+                level = s4_x[s * eb:(s + 1) * eb].as_signed()
+                terms.append(Mux(w_lanes[p][s], level, s4_neg[s * nb:(s + 1) * nb].as_signed()))
             out.append(terms)
         return out
 
     @staticmethod
     def _storage(m: Module, name: str, kind: str, words: list[int], width: int,
                  addr: Value | list[Value]) -> Value:
-        """Word ``addr`` of a ROM stored as ``kind``, registered three cycles later.
+        """Word ``addr`` of a ROM stored as ``kind``, registered four cycles later.
 
         Block RAM: the synchronous read of every bank (:func:`_bram_read`), a register each,
-        then one register of the bank that holds the word. An ECP5
+        then one register of the bank that holds the word, then one more. An ECP5
         DP16KD read without its output register has a clock-to-output delay of about 5.8 ns,
         which leaves too little of 8 ns to reach any register not right beside the block.
         Yosys does not use that output register, so the board build moves the first register
-        into it (:mod:`bnnflow.boards.outreg`); the second sits among the lanes. A LUT ROM
-        registers its address twice (the copies second), then its data, to match. ``addr``
-        may be a list of equal copies (block RAM only), shared out among the blocks.
+        into it (:mod:`bnnflow.boards.outreg`). The other two split the way from the blocks to
+        the lanes: nextpnr spreads the blocks of a wide ROM over the die, and with one
+        register among the lanes SFC's 88-block layer missed 125 MHz on 10.1 ns of routing
+        from a block to it. A LUT ROM registers its address three times (the copies third),
+        then its data, to match. ``addr`` may be a list of equal copies (block RAM only),
+        shared out among the blocks.
         """
         if kind == "const":
             return Const(words[0], width)
         word = Signal(width, name=f"{name}_word", reset_less=True)
         if kind == "lut":
-            s1_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
-            m.d.sync += [s1_addr.eq(addr), word.eq(_rom(m, name, words, width, s1_addr))]
+            s1_addr = Signal.like(addr, name=f"{name}_addr1", reset_less=True)
+            s2_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
+            m.d.sync += [s1_addr.eq(addr), s2_addr.eq(s1_addr),
+                         word.eq(_rom(m, name, words, width, s2_addr))]
             return word
+        mid = Signal(width, name=f"{name}_mid", reset_less=True)
+        m.d.sync += word.eq(mid)
         reads, bank = _bram_read(m, name, words, width, addr)
         if len(reads) == 1:
             near = Signal(width, name=f"{name}_read", reset_less=True)
-            m.d.sync += [near.eq(reads[0]), word.eq(near)]
+            m.d.sync += [near.eq(reads[0]), mid.eq(near)]
             return word
         # Each bank's read is registered (in the block, after the board build), the bank is
         # picked from those registers, by copies of the bank index: each steers FANOUT
@@ -494,7 +539,7 @@ class MVTU(wiring.Component):
         picks = replicated(m, f"{name}_pick", bank, copies_for(width, per), reset_less=True)
         for k, pick in enumerate(picks):
             lo, hi = k * per, min(width, (k + 1) * per)
-            m.d.sync += word[lo:hi].eq(Array(n[lo:hi] for n in nears)[pick])
+            m.d.sync += mid[lo:hi].eq(Array(n[lo:hi] for n in nears)[pick])
         return word
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
@@ -526,7 +571,7 @@ class MVTU(wiring.Component):
 
     def _activate(self, m: Module, nf: Value, total: Value) -> Value:
         """The output lanes for the accumulated counts ``total``; ``nf`` is the output group
-        three stages ahead, so its threshold word arrives together with ``total``."""
+        four stages ahead, so its threshold word arrives together with ``total``."""
         if self.layer.is_scores:
             return total.as_value()
         if self.layer.integer_input:

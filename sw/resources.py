@@ -61,6 +61,7 @@ LUT_COEF: dict[str, float] = {
     "mvtu.x_in": 0.9958,
     "mvtu.x_fresh": 0.6053,
     "mvtu.x_rot": 0.0,
+    "mvtu.x_pick": 1.0,
     "mvtu.lanes": 1.3986,
     "mvtu.pc_bits": 1.0177,
     "mvtu.acc_bits": 2.3074,
@@ -326,8 +327,8 @@ def word_columns(words, width: int) -> tuple[int, int]:
 
 
 def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float, int]:
-    """LUT4, FF and EBR of a ROM read three cycles after its address (the MVTU's storage:
-    block RAM plus two fabric registers, or a twice registered address and a LUT ROM), with
+    """LUT4, FF and EBR of a ROM read four cycles after its address (the MVTU's storage:
+    block RAM plus three registers, or a three times registered address and a LUT ROM), with
     ``columns`` = (varying, constant-1) bit columns."""
     varying, ones = columns
     if kind == "const" or varying == 0:
@@ -336,7 +337,7 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
         # The MVTU cuts these memories into blocks itself (rom_blocks) and marks them
         # ram_style/rom_style "block", so Yosys takes block RAM even where memory_map() would
         # pick logic. Each bank's read is registered, then a multiplexer (about half a LUT4
-        # per input bit) picks one into the second register.
+        # per input bit) picks one into the second register, which a third one follows.
         from bnnflow.hw.fanout import copies_for
         from bnnflow.hw.mvtu import pick_bits
         from bnnflow.hw.storage import rom_banks, rom_blocks
@@ -345,9 +346,9 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
         bits = varying + ones
         # the bank index's copies, when there is more than one bank
         picks = copies_for(bits, pick_bits(banks)) * _bits(banks) if banks > 1 else 0
-        return (0.5 * bits * (banks - 1), float((banks + 1) * bits + picks),
+        return (0.5 * bits * (banks - 1), float((banks + 2) * bits + picks),
                 rom_blocks(varying, depth))
-    return varying * rom_luts(depth), float(varying + ones + _bits(depth)), 0
+    return varying * rom_luts(depth), float(varying + ones + 2 * _bits(depth)), 0
 
 
 def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: int, eb: int,
@@ -385,14 +386,14 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     columns = weight_columns(weights, pe, simd)
     if storage == "lut" and not integer:
         # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together (a deeper ROM
-        # takes one more LUT4 for the XNOR); the S3 register takes the XNOR bits (every lane,
+        # takes one more LUT4 for the XNOR); the S4 register takes the XNOR bits (every lane,
         # constant columns too: x varies).
         w_luts = lanes * (1.0 if depth <= 8 else rom_luts(depth) + 1)
-        w_regs, weight_ebr = float(lanes + _bits(depth)), 0
+        w_regs, weight_ebr = float(lanes + 2 * _bits(depth)), 0
         x_regs = simd * (2 + x_copies)
     else:
         w_luts, w_regs, weight_ebr = _rom(storage, columns, depth)
-        x_regs = simd * eb * (2 + x_copies) + (simd * (eb + 1) * (1 + x_copies) if integer else 0)
+        x_regs = simd * eb * (3 + x_copies) + (simd * (eb + 1) * (1 + x_copies) if integer else 0)
     t_luts = t_regs = 0.0
     threshold_ebr = 0
     if hidden:
@@ -402,10 +403,13 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     queue_luts, queue_regs = _queue(out_width + 1, MVTU.queue_depth(simd, sf))
     # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
     # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the
-    # accumulator's enable and clear.
+    # accumulator's enable and clear, the picked slice's index.
     shifting = MVTU.loads_shifting(beats, depth)  # a second multiplexer on the input register
-    decisions = 3 if shifting else 2
+    picking = MVTU.picks_slices(sf)  # the compute register holds still; its slice is picked
+    decisions = 1 + (not picking) + shifting
     dup_regs = decisions * copies_for(mw * eb) + copies_for(in_width * beats)
+    if picking:
+        dup_regs += copies_for(simd * eb) * _bits(sf)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
     if storage == "bram":
@@ -416,9 +420,13 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     lut = {
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits,
-        "mvtu.x_in": mw * eb,
-        "mvtu.x_fresh": mw * eb if shifting else 0,
-        "mvtu.x_rot": mw * eb if sf > 1 else 0,
+        # Rotating: one load-or-rotate multiplexer per bit, a second one where it loads the
+        # shifting fill register. Picking: the fresh-or-filled multiplexer alone, then an
+        # SF-way one per slice bit (a LUT4 for two slices, a LUT5 for three or four).
+        "mvtu.x_in": mw * eb if shifting or not picking else 0,
+        "mvtu.x_fresh": mw * eb if shifting and not picking else 0,
+        "mvtu.x_rot": mw * eb if sf > 1 and not picking else 0,
+        "mvtu.x_pick": simd * eb * (1 if sf == 2 else 2) if picking else 0,
         "mvtu.lanes": lanes if storage == "bram" and not integer else 0,
         "mvtu.pc_bits": 0 if integer else pe * adder_bits,
         "mvtu.int_lane_bits": pe * (simd * eb + adder_bits) if integer else 0,
@@ -429,7 +437,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     }
     ff = {
         "mvtu.const": 1,
-        "mvtu.counter_bits": counter_bits + flag_bits * (stages + 3),
+        "mvtu.counter_bits": counter_bits + flag_bits * (stages + 4),
         "mvtu.data_regs": (in_width * (beats + 1) + mw * eb + x_regs + pe * lane_bits
                            + pe * acc_bits + out_width),
         "mvtu.tree_regs": pe * stage_regs + late_regs,
