@@ -218,6 +218,9 @@ class BnnCore(wiring.Component):
         #: Reset request of the blocks' reset tree (:mod:`bnnflow.hw.resets`): already
         #: registered once (the tree's root), driven by :class:`~bnnflow.hw.hostlink.HostTop`.
         self.reset_req = Signal(name="core_reset_req")
+        #: Fewest cycles between two results (:class:`~bnnflow.hw.hostlink.HostLink` sizes
+        #: REPLAY's CRC by it): no layer issues a frame faster than its own cycles.
+        self.result_spacing = folding.cycles_per_frame(net)
         #: Bits of one frame on ``s_axis`` (pixels count ``pixel_bits`` each).
         self.n_inputs = net.input.size
         if not net.input.binary:

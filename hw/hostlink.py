@@ -32,7 +32,14 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 from ..protocol import DEFAULT_ESCAPED, DeviceInfo, ReplaySummary
 from .framing import ByteRegister, FrameRx, FrameTx, TxByteLayout, Unescaper, bank_words
 from .resets import local_reset, reset_root
-from .responder import ImageReplay, ReplayMeter, Responder, core_in_layout, core_out_layout
+from .responder import (
+    ImageReplay,
+    ReplayMeter,
+    Responder,
+    core_in_layout,
+    core_out_layout,
+    crc_chunk_bytes,
+)
 from .uart import ByteLayout, UARTRx, UARTTx
 
 __all__ = [
@@ -96,6 +103,11 @@ class HostLink(wiring.Component):
     in_width : int
         Bits per ``core_in`` beat, a multiple of 8: ``in_width / 8`` image bytes per beat,
         the first in the low bits; an image's last beat is padded with zeros.
+    result_spacing : int
+        Fewest cycles between two of the core's results (its cycles per frame): REPLAY's CRC
+        then folds in just enough of a record per cycle to keep up
+        (:func:`~bnnflow.hw.responder.crc_chunk_bytes`). A core that is faster is slowed
+        down while measured, never a result lost; 1 (the default) folds whole records.
 
     Attributes
     ----------
@@ -108,7 +120,7 @@ class HostLink(wiring.Component):
     """
 
     def __init__(self, n_inputs, num_classes, cls_bits, score_bits, design_id, max_payload=1024,
-                 *, escaped=DEFAULT_ESCAPED, clk_hz=0, in_width=8):
+                 *, escaped=DEFAULT_ESCAPED, clk_hz=0, in_width=8, result_spacing=1):
         if in_width < 8 or in_width % 8:
             raise ValueError(f"in_width {in_width} must be a multiple of 8 (whole image bytes "
                              f"per core input beat)")
@@ -128,6 +140,8 @@ class HostLink(wiring.Component):
                                max_images * image_size, int(clk_hz))
         self.cls_bits, self.score_bits, self.escaped = cls_bits, score_bits, escaped
         self.in_width = in_width
+        #: Bytes of a result record REPLAY's CRC folds in per cycle.
+        self.crc_chunk_bytes = crc_chunk_bytes(record_size, result_spacing)
         super().__init__({
             "rx": In(stream.Signature(ByteLayout)),
             "tx": Out(stream.Signature(ByteLayout)),
@@ -155,7 +169,7 @@ class HostLink(wiring.Component):
                                                    width)
         m.submodules.responder = responder = Responder(
             info, core_out_layout(info.num_classes, self.cls_bits, self.score_bits))
-        m.submodules.meter = meter = ReplayMeter(8 * info.record_size)
+        m.submodules.meter = meter = ReplayMeter(8 * info.record_size, self.crc_chunk_bytes)
         m.submodules.frame_tx = frame_tx = FrameTx(self.escaped)
 
         connect(m, flipped(self.rx), unescaper.i)
@@ -185,7 +199,8 @@ class HostTop(wiring.Component):
     core : wiring.Component
         Has ``s_axis: In(stream.Signature(core_in_layout(in_width)))`` (``in_width`` a
         multiple of 8) and ``m_axis: Out(stream.Signature(core_out_layout(...)))``, e.g. a
-        :class:`~bnnflow.hw.core.BnnCore`.
+        :class:`~bnnflow.hw.core.BnnCore`; its ``result_spacing``, if it has one, is passed to
+        :class:`HostLink`.
     design_id : bytes or str
         8 bytes (or 16 hex digits) reported by IDENTIFY.
     divisor : int or fractions.Fraction
@@ -233,6 +248,7 @@ class HostTop(wiring.Component):
         self.reset_req = Signal(name="reset_req")
         self.link = HostLink(n_inputs, design_id=design_id, max_payload=max_payload,
                              escaped=escaped, clk_hz=clk_hz, in_width=_in_width(core),
+                             result_spacing=getattr(core, "result_spacing", 1),
                              **core_params(core))
         super().__init__()
 

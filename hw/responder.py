@@ -6,8 +6,8 @@ summary and records), built from the core's output beats as they arrive. For INF
 it starts :class:`ImageReplay`, which streams the buffered images into the core, one whole
 input beat per cycle, while the responder drains the core's results, so a pipelined core never
 stalls on a full output. For REPLAY, :class:`ReplayMeter` counts cycles and folds every result
-into a CRC while the core's output is always ready; only then is the summary sent and one more
-pass streamed back.
+into a CRC, a chunk of each result per cycle, as fast as the core can deliver results; only then
+is the summary sent and one more pass streamed back.
 
 Every comparison that decides what happens next is kept in a flip-flop ahead of time (the beat
 counters, the last image of a pass, the last result of a response), every response byte leaves
@@ -15,13 +15,14 @@ the shift register of a :class:`~bnnflow.hw.framing.ByteSerializer`, and the REP
 tree is split by a register, so the host link runs well above the clock of any core it serves.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import ReadPort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from ..protocol import Command, DeviceInfo, ErrorCode, ReplaySummary
+from .fanout import FANOUT, copies_for, replicated
 from .framing import ByteSerializer, RequestLayout, TxByteLayout
 
 __all__ = ["core_in_layout", "core_out_layout", "ReplaySignature", "ImageReplay",
@@ -196,6 +197,67 @@ class _WordCrc32(wiring.Component):
         return m
 
 
+def crc_chunk_bytes(record_size: int, spacing: int) -> int:
+    """Bytes of a result record :class:`ReplayMeter` folds into its CRC per cycle: the
+    smallest divisor of ``record_size`` that takes at most ``spacing`` cycles per record.
+
+    A record arrives at most once every ``spacing`` cycles (the core's cycles per frame), so
+    that many chunks per record keep up with the core. CRC logic grows with the chunk (about
+    a LUT4 per chunk bit and CRC bit, over 16): SFC's 21-byte records at 64 cycles per frame
+    take one byte per cycle instead of the whole record, about 1,000 LUT4 less."""
+    if record_size < 1 or spacing < 1:
+        raise ValueError(f"records of {record_size} bytes every {spacing} cycles")
+    return next(b for b in range(1, record_size + 1)
+                if record_size % b == 0 and record_size // b <= spacing)
+
+
+class _RecordCrc32(wiring.Component):
+    """Folds whole records into a :class:`_WordCrc32`, ``chunk`` bits per cycle, least
+    significant first: the CRC of all records' bits in order, as if taken whole.
+
+    A record is accepted (``ready``) when none is held or the held one's last chunk goes out
+    this cycle, so records ``n`` chunks long go in one every ``n`` cycles, back to back.
+    ``idle``: no record held and the CRC register includes every chunk.
+    """
+
+    def __init__(self, record_bits, chunk):
+        if record_bits % chunk:
+            raise ValueError(f"{record_bits}-bit records in {chunk}-bit chunks")
+        self.record_bits, self.chunk = record_bits, chunk
+        super().__init__({"start": In(1), "valid": In(1), "ready": Out(1),
+                          "record": In(record_bits), "idle": Out(1), "crc": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.crc = crc = _WordCrc32(self.chunk)
+        n, c = self.record_bits // self.chunk, self.chunk
+        hold = Signal(self.record_bits, reset_less=True)
+        busy, last = Signal(), Signal()  # a record is held; its last chunk goes out now
+        # The chunk going out, one-hot: an AND-OR picks it (a multiplexer indexed by a
+        # counter took Yosys 735 LUT4 for 21 bytes, this 335 with the CRC and counters).
+        hot = Signal(n, reset_less=True)
+        word = Signal(c, reset_less=True)
+        word_valid, pending = Signal(), Signal()  # a chunk is in `word`; in the CRC's stage
+        take = self.valid & self.ready
+        picked = Const(0, c)
+        for k in range(n):
+            picked = picked | (hold[k * c:(k + 1) * c] & hot[k].replicate(c))
+        m.d.comb += [self.ready.eq(~busy | last), crc.start.eq(self.start),
+                     crc.word.eq(word), crc.valid.eq(word_valid), self.crc.eq(crc.crc),
+                     self.idle.eq(~busy & ~word_valid & ~pending)]
+        m.d.sync += [word_valid.eq(busy & ~self.start), pending.eq(word_valid & ~self.start),
+                     word.eq(picked), hot.eq(Mux(take, 1, hot.rotate_left(1)))]
+        with m.If(busy):
+            m.d.sync += last.eq(hot[n - 2] if n > 1 else 1)
+            with m.If(last):
+                m.d.sync += busy.eq(0)
+        with m.If(take):
+            m.d.sync += [hold.eq(self.record), busy.eq(1), last.eq(n == 1)]
+        with m.If(self.start):
+            m.d.sync += [busy.eq(0), last.eq(0)]
+        return m
+
+
 def _xor(bits):
     """The XOR of ``bits`` (a constant 0 for none)."""
     out = Const(0, 1)
@@ -208,7 +270,7 @@ def MeterSignature(record_bits: int) -> wiring.Signature:  # noqa: N802 (a signa
     """Ports of a :class:`ReplayMeter` from the controller's side."""
     return wiring.Signature({
         "clear": Out(1), "units": Out(8), "repeats": Out(16),
-        "out_beat": Out(1), "record": Out(record_bits),
+        "out_beat": Out(1), "record": Out(record_bits), "ready": In(1),
         "done": In(1), "summary": In(8 * ReplaySummary.SIZE),
     })
 
@@ -218,17 +280,22 @@ class ReplayMeter(wiring.Component):
 
     After ``clear``, counting starts with the first ``in_beat`` (a beat entering the core) and
     stops with the ``units * repeats``-th ``out_beat`` (a result leaving it), which raises
-    ``done``. ``summary`` is the packed :class:`~bnnflow.protocol.ReplaySummary`. ``clear``,
-    both beats and the record are registered before they act, and the CRC takes two pipeline
-    stages, which delay ``done`` by two cycles but not the counts; ``units`` and
-    ``repeats`` are read at the first ``in_beat``, which must come at least a cycle after
-    ``clear``.
+    ``done``. ``summary`` is the packed :class:`~bnnflow.protocol.ReplaySummary`. ``clear``
+    and both beats are registered before they act (the counts are not delayed); the record
+    is taken whole at its ``out_beat``, which must come with ``ready``, and folded into the
+    CRC ``chunk_bytes`` at a time (:func:`crc_chunk_bytes`), so ``done`` waits for the last
+    chunk to be folded in. ``units`` and ``repeats`` are read at the first ``in_beat``, which
+    must come at least a cycle after ``clear``.
 
     Parameters
     ----------
     record_bits : int
-        Width of ``record``, the result record as it goes on the wire (little-endian bytes);
-        the CRC folds in one whole record per cycle.
+        Width of ``record``, the result record as it goes on the wire (little-endian bytes).
+    chunk_bytes : int
+        Bytes of a record folded into the CRC per cycle; they divide the record. ``ready``
+        is low while a record's chunks are still going in, so a core that delivers records
+        faster than one per ``record_bits / (8 * chunk_bytes)`` cycles is slowed down, never
+        a record lost. By default the whole record, one per cycle.
 
     Attributes
     ----------
@@ -236,17 +303,18 @@ class ReplayMeter(wiring.Component):
     in_beat : In(1)
     """
 
-    def __init__(self, record_bits):
+    def __init__(self, record_bits, chunk_bytes=None):
+        self.chunk = record_bits if chunk_bytes is None else 8 * chunk_bytes
+        if record_bits % 8 or record_bits % self.chunk:
+            raise ValueError(f"{record_bits}-bit records in chunks of {chunk_bytes} bytes")
         super().__init__({"bus": In(MeterSignature(record_bits)), "in_beat": In(1)})
 
     def elaborate(self, platform):
         m = Module()
         bus = self.bus
-        m.submodules.crc = crc = _WordCrc32(len(bus.record))
+        m.submodules.crc = crc = _RecordCrc32(len(bus.record), self.chunk)
         clear, in_beat, out_beat = Signal(), Signal(), Signal()
-        record = Signal.like(bus.record)
-        m.d.sync += [clear.eq(bus.clear), in_beat.eq(self.in_beat), out_beat.eq(bus.out_beat),
-                     record.eq(bus.record)]
+        m.d.sync += [clear.eq(bus.clear), in_beat.eq(self.in_beat), out_beat.eq(bus.out_beat)]
         running = Signal()
         started = Signal()
         first = Signal()  # no result counted yet
@@ -259,7 +327,12 @@ class ReplayMeter(wiring.Component):
         counted = out_beat & running
         finished = Signal()  # the last record is counted
 
-        m.d.comb += [crc.start.eq(clear), crc.word.eq(record), crc.valid.eq(counted),
+        # A record is taken at its out_beat (the responder gives one only while it measures
+        # and the meter is ready), and counted a cycle later with the registered beat, when
+        # `running` is sure to be set (the first result can follow the first input beat by
+        # one cycle).
+        m.d.comb += [crc.start.eq(clear), crc.record.eq(bus.record), bus.ready.eq(crc.ready),
+                     crc.valid.eq(bus.out_beat & ~clear),
                      bus.summary.eq(Cat(elapsed, Const(0, 64 - CYCLE_BITS), latency, frames,
                                         crc.crc))]
         with m.If(running):
@@ -279,7 +352,7 @@ class ReplayMeter(wiring.Component):
                              passes.eq(passes - 1), last_pass.eq(passes == 1)]
                 with m.If(last_pass):
                     m.d.sync += [running.eq(0), finished.eq(1)]
-        m.d.sync += bus.done.eq(finished)  # the CRC has taken in the last record
+        m.d.sync += bus.done.eq(finished & crc.idle)  # the CRC has taken in the last record
         with m.If(clear):
             m.d.sync += [running.eq(0), started.eq(0), elapsed.eq(0), latency.eq(0),
                          frames.eq(0), finished.eq(0), bus.done.eq(0)]
@@ -291,6 +364,14 @@ class _Mode(enum.Enum, shape=2):
     ERROR = 1
     INFER = 2
     REPLAY = 3
+
+
+class _Part(enum.Enum, shape=2):
+    """Which word the serializer is offered."""
+    IDENTIFY = 0  # the header and the IDENTIFY info
+    HEADER = 1  # the header and the ERROR payload (or nothing)
+    SUMMARY = 2
+    RECORD = 3
 
 
 class Responder(wiring.Component):
@@ -364,9 +445,9 @@ class Responder(wiring.Component):
         m.d.comb += [self.meter.record.eq(record), self.meter.units.eq(req.units),
                      self.meter.repeats.eq(req.arg)]
         measuring = (mode == _Mode.REPLAY) & ~self.meter.done
-        with m.If(measuring):  # AXI4-Stream sink always ready while the cycles are counted
-            m.d.comb += [self.core_out.ready.eq(1),
-                         self.meter.out_beat.eq(self.core_out.valid)]
+        with m.If(measuring):  # sink ready whenever the meter's CRC can take a record
+            m.d.comb += [self.core_out.ready.eq(self.meter.ready),
+                         self.meter.out_beat.eq(self.core_out.valid & self.meter.ready)]
 
         # The response length: units * record_size (+ the summary) by shifts and a pipelined
         # tree of adds, one level per cycle while the FSM waits in LENGTH.
@@ -385,6 +466,21 @@ class Responder(wiring.Component):
         header = Cat(Mux(mode == _Mode.ERROR, Command.ERROR, req.cmd.as_value()), req.seq,
                      resp_len)
         ident = Const(int.from_bytes(info.pack(), "little"), 8 * DeviceInfo.SIZE)
+
+        # The serializer's word is picked by a register set with the state that sends it
+        # (copies, one per FANOUT bits), not decoded from the state and the mode: that decode
+        # steered every bit of the word, and CNV's build missed 125 MHz on its 5.4 ns of
+        # routing. Outside the states that load the serializer the word does not matter.
+        width = 8 * size
+        part_n = Signal(_Part)
+        parts = replicated(m, "ser_part", part_n, copies_for(width), reset_less=True)
+        m.d.comb += part_n.eq(parts[0])
+        sources = [Cat(header, ident), Cat(header, code.as_value(), req.cmd.as_value()),
+                   self.meter.summary, record]
+        sources = [Cat(v, Const(0, width - len(v)))[:width] for v in map(Value.cast, sources)]
+        word = Cat(Array(v[lo:lo + FANOUT] for v in sources)[part]
+                   for lo, part in zip(range(0, width, FANOUT), parts, strict=True))
+        m.d.comb += ser.word.eq(word)
 
         with m.FSM():
             with m.State("IDLE"):
@@ -413,12 +509,11 @@ class Responder(wiring.Component):
                                  resp_len.eq(Mux(mode == _Mode.IDENTIFY, DeviceInfo.SIZE,
                                                  Mux(mode == _Mode.ERROR, 2, terms[0]))),
                                  records.eq(req.units), last_record.eq(req.units == 1)]
+                    m.d.comb += part_n.eq(Mux(mode == _Mode.IDENTIFY, _Part.IDENTIFY,
+                                              _Part.HEADER))
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += [ser.load.eq(1),
-                             ser.word.eq(Cat(header, Mux(mode == _Mode.IDENTIFY, ident,
-                                                         Cat(code.as_value(),
-                                                             req.cmd.as_value())))),
                              ser.count.eq(Mux(mode == _Mode.IDENTIFY, 4 + DeviceInfo.SIZE,
                                               Mux(mode == _Mode.ERROR, 6, 4))),
                              ser.last.eq((mode == _Mode.IDENTIFY) | (mode == _Mode.ERROR))]
@@ -427,17 +522,19 @@ class Responder(wiring.Component):
                         with m.Case(_Mode.IDENTIFY, _Mode.ERROR):
                             m.next = "IDLE"
                         with m.Case(_Mode.INFER):
+                            m.d.comb += part_n.eq(_Part.RECORD)
                             m.next = "RECORDS"
                         with m.Case(_Mode.REPLAY):
+                            m.d.comb += part_n.eq(_Part.SUMMARY)
                             m.next = "SUMMARY"
             with m.State("SUMMARY"):  # once the measured passes are done; then one more pass
-                m.d.comb += [ser.word.eq(self.meter.summary), ser.count.eq(ReplaySummary.SIZE)]
+                m.d.comb += ser.count.eq(ReplaySummary.SIZE)
                 with m.If(ser.idle & self.meter.done):
-                    m.d.comb += ser.load.eq(1)
+                    m.d.comb += [ser.load.eq(1), part_n.eq(_Part.RECORD)]
                     m.d.sync += [kick.eq(1), repeats.eq(1)]
                     m.next = "RECORDS"
             with m.State("RECORDS"):
-                m.d.comb += [ser.word.eq(record), ser.count.eq(info.record_size),
+                m.d.comb += [ser.count.eq(info.record_size),
                              ser.last.eq(last_record)]
                 with m.If(ser.idle):
                     m.d.comb += [self.core_out.ready.eq(1), ser.load.eq(self.core_out.valid)]

@@ -13,6 +13,7 @@ from streams import run, uart_recv, uart_send
 
 from bnnflow.hw.framing import bank_words
 from bnnflow.hw.hostlink import HostLink, HostTop, core_in_layout, core_out_layout
+from bnnflow.hw.responder import crc_chunk_bytes
 from bnnflow.packing import image_bytes
 from bnnflow.protocol import (
     Command,
@@ -35,13 +36,13 @@ def images(k, seed):
     return np.random.default_rng(seed).integers(0, 2, (k, N_INPUTS), dtype=np.uint8)
 
 
-def run_link(requests, responses, *, seed=0, stall=True):
+def run_link(requests, responses, *, seed=0, stall=True, result_spacing=1):
     """Send ``requests`` into a HostLink with a FakeCore; return the decoded responses and the
     cycles of every core input transfer, core output transfer, and core output stall."""
     m = Module()
     core = FakeCore(N_INPUTS, CLASSES, stall=stall)
     link = HostLink(N_INPUTS, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, 30,
-                    clk_hz=12_000_000)
+                    clk_hz=12_000_000, result_spacing=result_spacing)
     m.submodules.core, m.submodules.link = core, link
     connect(m, link.core_in, core.s_axis)
     connect(m, core.m_axis, link.core_out)
@@ -98,6 +99,35 @@ def test_replay_summary_with_a_fast_core():
     # the seams between passes: images are replayed back to back.
     (period,) = set(np.diff(log["out"][:50]))
     assert summary.cycles - summary.latency == 49 * period
+
+
+@pytest.mark.parametrize("record_size, spacing, chunk", [
+    (21, 64, 1), (21, 21, 1), (21, 20, 3), (21, 7, 3), (21, 6, 7), (21, 2, 21), (21, 1, 21),
+    (7, 7, 1), (7, 6, 7), (1, 1, 1)])
+def test_crc_chunk_bytes_keep_up_with_the_core(record_size, spacing, chunk):
+    assert crc_chunk_bytes(record_size, spacing) == chunk
+
+
+def test_crc_chunk_bytes_rejects_nonsense():
+    with pytest.raises(ValueError, match="every 0 cycles"):
+        crc_chunk_bytes(21, 0)
+
+
+@pytest.mark.parametrize("spacing", [3, 7, 40])
+def test_replay_crc_in_chunks_measures_a_core_that_keeps_up(spacing):
+    """A meter whose CRC takes a 7-byte record a byte per cycle (``result_spacing`` 7 or
+    more; whole records below) measures FakeCore, a result every 8 cycles, exactly: never
+    held, every result counted and checked."""
+    bits = images(10, spacing)
+    requests = [encode_frame(Command.REPLAY, 1, pack_replay(bits, 3)),
+                encode_frame(Command.INFER, 2, pack_images(bits))]
+    events, log, core = run_link(requests, 2, stall=False, result_spacing=spacing)
+    summary = ReplaySummary.unpack(events[0].payload)
+    classes, scores = core.predict(bits)
+    assert summary.frames == 30 and summary.crc == results_crc(classes, scores, 3)
+    assert summary.cycles == log["out"][29] - log["in"][0] + 1
+    assert not [c for c in log["stall"] if c <= log["out"][29]]
+    np.testing.assert_array_equal(unpack_results(events[1].payload, CLASSES)[1], scores)
 
 
 def error(seq, code):
@@ -273,6 +303,47 @@ def test_wide_beats_replay_at_one_beat_per_cycle(n_inputs, width):
     got = unpack_results(events[1].payload, CLASSES)
     np.testing.assert_array_equal(got[0], classes[::-1])
     np.testing.assert_array_equal(got[1], scores[::-1])
+
+
+def test_meter_holds_a_core_faster_than_its_crc():
+    """A core with a result every cycle, on a link built for one every 7 (``result_spacing``
+    7: its CRC takes a 7-byte record a byte per cycle): REPLAY holds the core's output while
+    the CRC is busy, so results leave 7 cycles apart, none lost, the CRC right."""
+    k, repeats, n_inputs = 3, 4, 20
+    core = BeatProbe(n_inputs, CLASSES, 32, seed=5)
+    link = HostLink(n_inputs, CLASSES, core.cls_bits, core.score_bits, DESIGN_ID, k * 3,
+                    in_width=32, result_spacing=7)
+    assert link.crc_chunk_bytes == 1
+    m = Module()
+    m.submodules.core, m.submodules.link = core, link
+    connect(m, link.core_in, core.s_axis)
+    connect(m, core.m_axis, link.core_out)
+    bits = np.random.default_rng(5).integers(0, 2, (k, n_inputs), dtype=np.uint8)
+    events, outs, ins = [], [], []
+    host_tx, host_rx = byte_host(link, [encode_frame(Command.REPLAY, 1,
+                                                      pack_replay(bits, repeats))],
+                                 events, 1, random.Random(5))
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, iv, ir, ov, orr in ctx.tick().sample(
+                core.s_axis.valid, core.s_axis.ready, core.m_axis.valid, core.m_axis.ready):
+            if iv and ir:
+                ins.append(cycle)
+            if ov and orr:
+                outs.append(cycle)
+            cycle += 1
+
+    run(m, host_tx, host_rx, checked=[link.tx, link.core_in, link.core_out],
+        background=[monitor])
+    frames = k * repeats
+    summary = ReplaySummary.unpack(events[0].payload)
+    classes, scores = core.predict(bits)
+    assert summary.frames == frames and summary.crc == results_crc(classes, scores, repeats)
+    assert min(np.diff(outs[:frames])) == 7
+    assert summary.cycles == outs[frames - 1] - ins[0] + 1
+    got = unpack_results(events[0].payload[ReplaySummary.SIZE:], CLASSES)
+    np.testing.assert_array_equal(got[1], scores)
 
 
 def test_bank_words_start_each_image_in_a_new_word():
