@@ -4,7 +4,7 @@ The frame format is defined in :mod:`bnnflow.protocol`. The CRC is amaranth's
 CRC-16/CCITT-FALSE processor, one byte per cycle.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.memory import WritePort
@@ -259,12 +259,16 @@ class FrameRx(wiring.Component):
         return m
 
 
+#: Widest word a :class:`ByteSerializer` sends from a shift register.
+SHIFT_BYTES = 4
+
+
 class ByteSerializer(wiring.Component):
     """Sends a word of up to ``size`` bytes, least significant byte first, as a byte stream.
 
     The one byte-serialisation shape of the host link: the responder sends every part of a
     response (header, IDENTIFY info, REPLAY summary, result records) and :class:`FrameTx` its
-    CRC through it. The word is loaded into a shift register, so each byte leaves a flip-flop
+    CRC through it. The word is loaded into a register, so each byte leaves a flip-flop
     however many sources the word was selected from.
 
     Parameters
@@ -295,21 +299,23 @@ class ByteSerializer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        shreg = Signal(8 * self.size, reset_less=True)
-        left = Signal(range(self.size + 1))  # bytes left after the next one
+        size = self.size
+        left = Signal(range(size + 1))  # bytes left after the next one
         final = Signal()
-        last = Signal()  # the shift register's next byte is the word's last
+        last = Signal()  # the next byte is the word's last
         o = self.o
         # The loaded word is registered first (`word_r`, taken every idle cycle, and `pend`
-        # the cycle after a load), then moved into the shift register: whatever selects the
-        # word (the responder's state and modes) ends at a register, not at the shift
-        # register's multiplexers. The output byte is a register of its own, refilled from the
-        # shift register when it is empty: the shift register's enables then depend on
-        # flip-flops (replicated, one copy per 32 bits), never on the consumer's ready. One
-        # byte every other cycle at most, far above a UART's rate.
-        word_r = Signal(8 * self.size, reset_less=True)
+        # the cycle after a load): whatever selects the word (the responder's state and
+        # modes) ends at a register. Its bytes then go out in order into the output byte
+        # register, which is refilled when empty, so no enable depends on the consumer's
+        # ready: from a shift register for a short word, else picked by a one-hot pointer
+        # (`hot`) through an AND-OR (a shift register takes a LUT4 and a flip-flop per word
+        # bit, the AND-OR about two LUT4 per byte; for FrameTx's 2-byte CRC the shift register
+        # is smaller). One byte every other cycle at most, far above a UART's rate.
+        word_r = Signal(8 * size, reset_less=True)
         count_r, last_r = Signal.like(self.count), Signal()
-        pend = Signal()  # word_r goes into the shift register this cycle
+        hot = Signal(size, reset_less=True) if size > SHIFT_BYTES else None
+        pend = Signal()  # word_r's first byte is next
         idle_n, out_n, refill, pend_n = Signal(), Signal(), Signal(), Signal()
         idle = Signal(init=1)
         m.d.comb += [
@@ -320,24 +326,27 @@ class ByteSerializer(wiring.Component):
             idle_n.eq(Mux(pend_n, 0, Mux(refill, last, idle))),
         ]
         m.d.sync += [idle.eq(idle_n), o.valid.eq(out_n), pend.eq(pend_n)]
-        chunks = copies_for(len(shreg), 32)
+        chunks = copies_for(len(word_r), 32)
         take_k = replicated(m, "ser_take", idle_n, chunks, reset_less=True)
-        pend_k = replicated(m, "ser_pend", pend_n, chunks, reset_less=True)
-        shift_k = replicated(m, "ser_shift", ~out_n & ~idle_n & ~pend_n, chunks,
-                             reset_less=True)
         for k in range(chunks):
-            lo, hi = 32 * k, min(len(shreg), 32 * (k + 1))
+            lo, hi = 32 * k, min(len(word_r), 32 * (k + 1))
             with m.If(take_k[k]):
                 m.d.sync += word_r[lo:hi].eq(self.word[lo:hi])
-            with m.If(pend_k[k] | shift_k[k]):
-                m.d.sync += shreg[lo:hi].eq(Mux(pend_k[k], word_r[lo:hi], (shreg >> 8)[lo:hi]))
+        if size > SHIFT_BYTES:
+            picked = Const(0, 8)
+            for b in range(size):
+                picked = picked | (word_r[8 * b:8 * b + 8] & hot[b].replicate(8))
+            advance, start = hot.eq(hot << 1), hot.eq(1)
+        else:
+            shreg = Signal(8 * size, reset_less=True)
+            picked, advance, start = shreg[:8], shreg.eq(shreg >> 8), shreg.eq(word_r)
         with m.If(idle):
             m.d.sync += [count_r.eq(self.count), last_r.eq(self.last)]
         with m.If(refill):
-            m.d.sync += [o.payload.data.eq(shreg[:8]), o.payload.last.eq(final & last),
-                         left.eq(left - 1), last.eq(left == 1)]
+            m.d.sync += [o.payload.data.eq(picked), o.payload.last.eq(final & last),
+                         left.eq(left - 1), last.eq(left == 1), advance]
         with m.If(pend):
-            m.d.sync += [left.eq(count_r - 1), final.eq(last_r), last.eq(count_r == 1)]
+            m.d.sync += [left.eq(count_r - 1), final.eq(last_r), last.eq(count_r == 1), start]
         return m
 
 

@@ -41,11 +41,12 @@ Design choices:
 * The input is double-buffered: the fill register collects vector ``k+1`` while the compute
   register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
   enables are flip-flops (replicated) and its data moves one beat along: no net fans out over
-  it, however narrow the beats. Beyond four slices per vector the compute register rotates
-  instead of being indexed, so the SIMD slice is always its low bits and no ``SF``-way
-  multiplexer is built; after ``SF`` steps it is back in place for the next output group.
-  With two to four slices a multiplexer costs less than the rotation, and the register holds
-  still (:meth:`MVTU.picks_slices`). A vector whose last beat is still in
+  it, however narrow the beats. Mostly the compute register rotates instead of being indexed,
+  so the SIMD slice is always its low bits and no ``SF``-way multiplexer is built; after ``SF``
+  steps it is back in place for the next output group. With two or three slices a
+  multiplexer costs less than the rotation, and the register holds still; where a slice is a
+  whole number of beats, both halves of the buffer are one LUT RAM instead, written a beat
+  and read a slice at a time (:meth:`MVTU.input_buffer`). A vector whose last beat is still in
   the beat register is loaded together with it, so an input that takes exactly ``NF*SF``
   beats per vector loses no cycle.
 * Credits instead of a stall enable: S0 issues the step that completes an output beat only
@@ -230,6 +231,8 @@ class MVTU(wiring.Component):
                              f"not {self.nf * self.sf}")
         #: Where the weights live: ``"const"``, ``"lut"`` or ``"bram"``.
         self.weight_storage = weight_storage
+        #: How the input vector is held (:meth:`input_buffer`).
+        self.buffer = self.input_buffer(in_width, simd, self.sf, self.elem_bits)
         #: Registers of the lanes' adder trees (:func:`~bnnflow.hw.popcount.tree_stages`).
         self.tree_stages = tree_stages(simd)
         #: Registers between the transfer of a vector's last input beat and the output register
@@ -255,16 +258,23 @@ class MVTU(wiring.Component):
         return beats >= steps
 
     @staticmethod
-    def picks_slices(sf: int) -> bool:
-        """Whether a unit of ``sf`` input slices per vector picks the step's slice from a
-        compute register that holds still, rather than rotating that register.
+    def input_buffer(in_width: int, simd: int, sf: int, elem_bits: int = 1) -> str:
+        """How a unit holds the vector it computes on while the next one arrives:
 
-        Rotating costs one LUT4 per bit of the vector (the load-or-rotate multiplexer) and no
-        slice multiplexer; holding costs none on the register and an ``sf``-way multiplexer
-        per slice bit: one LUT4 for two slices, two (a PFU's LUT5) for three or four, the
-        rotation's ``sf`` or more beyond. Picking is cheaper from 2 to 4 slices (SFC's first
-        layer at 64 cycles: 392 LUT4 instead of 784)."""
-        return 2 <= sf <= 4
+        * ``"ram"``: where a slice is a whole number of input beats and there are 3 to
+          :data:`RAM_SLICES` slices, both vectors sit in a LUT RAM of ``2 * SF`` slices,
+          written beat by beat and read a slice per step (a TRELLIS_DPR16X4 holds 16 words
+          of 4 bits: SFC's last layer, 32 slices of 8 bits, takes 8 of them instead of a
+          256-bit fill register, a 256-bit compute register and 256 LUT4 rotating it);
+        * ``"pick"``: with 2 or 3 slices, a fill register, then a compute register that holds
+          still, its slice picked by a multiplexer (Yosys: 1 LUT4 a bit for two slices, 2 for
+          three, and no saving from four on: SFC's first layer, 392 LUT4 instead of 784);
+        * ``"rotate"``: otherwise a fill register, then a compute register that rotates by a
+          slice each step (one LUT4 per vector bit), so the step's slice is its low bits.
+        """
+        if 3 <= sf <= RAM_SLICES and (simd * elem_bits) % in_width == 0:
+            return "ram"
+        return "pick" if sf in (2, 3) else "rotate"
 
     @staticmethod
     def pipeline_latency(simd: int, beats: int = 1, steps: int = 1) -> int:
@@ -291,7 +301,6 @@ class MVTU(wiring.Component):
         pe, simd, nf_n, sf_n = self.pe, self.simd, self.nf, self.sf
         eb = self.elem_bits
         steps = nf_n * sf_n
-        width = self.mw * eb
 
         # Output queue. Only S0 ever waits: it issues the step that completes an output beat
         # only with a credit, a free queue entry reserved for that beat, so everything behind
@@ -311,7 +320,6 @@ class MVTU(wiring.Component):
         take = Signal()
         completing = Signal()
         shifting = self.loads_shifting(self.beats, steps)
-        fill, shifted = self._fill(m, take, completing)
         m.d.comb += [
             i.ready.eq(~full | load),  # the beat lands in a slot the load empties this cycle
             take.eq(i.valid & i.ready),
@@ -341,45 +349,12 @@ class MVTU(wiring.Component):
         with m.If(step & sf_last):
             m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
 
-        # The compute register takes the filled vector on `load`. Where SF is 2 to 4
-        # (:meth:`picks_slices`) it holds it, and the step's slice is picked by copies of the
-        # sf counter; otherwise it rotates by one SIMD slice on every step, so its low bits
-        # are always the step's inputs. Each FANOUT-bit chunk has its own copies of the
-        # decisions.
-        # A vector whose last beat arrived in the previous cycle is still one shift short in
-        # the fill register: where that load is allowed (:meth:`loads_shifting`) it comes from
-        # `shifted` (`fresh`), any other from `fill`; elsewhere every load is from `fill`,
-        # one LUT per bit instead of two.
-        x = Signal(width, reset_less=True)
-        chunks = copies_for(width)
-        picking = self.picks_slices(sf_n)
-        ld = replicated(m, "x_load", load_n, chunks, reset_less=True)
-        if not picking:
-            ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
-            rotated = x.rotate_right(simd * eb)
-        if shifting:
-            fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
-        for k in range(chunks):
-            lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
-            vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi]) if shifting else fill[lo:hi]
-            if picking:
-                with m.If(ld[k]):
-                    m.d.sync += x[lo:hi].eq(vector)
-            else:
-                with m.If(ce[k]):
-                    m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
-        slice_bits = simd * eb
-        if picking:
-            # One copy of the slice index per FANOUT multiplexers, each loaded with the
-            # counter's next value, so it equals `sf`.
-            pieces = copies_for(slice_bits)
-            sel = replicated(m, "x_pick", sf_next, pieces, reset_less=True)
-            bounds = [(k * FANOUT, min(slice_bits, (k + 1) * FANOUT)) for k in range(pieces)]
-            x_slice = Cat(Array(x[j * slice_bits + lo:j * slice_bits + hi]
-                                for j in range(sf_n))[sel[k]]
-                          for k, (lo, hi) in enumerate(bounds))
+        if self.buffer == "ram":
+            x_slice = self._ram_buffer(m, take, completing, load, sf)
         else:
-            x_slice = x[:slice_bits]
+            fill, shifted = self._fill(m, take, completing)
+            x_slice = self._compute_register(m, fill, shifted, completing, shifting,
+                                             load_n, step_n, sf_next)
 
         # S1: the weight word (read like a synchronous memory, whatever its storage) and the
         # matching inputs; the step's flags travel beside the data down to the accumulator.
@@ -447,25 +422,25 @@ class MVTU(wiring.Component):
         pe, simd, eb = self.pe, self.simd, self.elem_bits
         words = packing.weight_words(self.layer.weights, pe, simd)
         # The input slice goes to every PE lane: one copy of its register per PE_PER_COPY
-        # lanes, so no input bit (or its negation, for an integer layer) fans out further.
+        # lanes, so no input bit (or its negation, for an integer layer) fans out further,
+        # through a register per COPY_GROUP copies (:func:`_copy_tree`).
         copies = copies_for(pe, PE_PER_COPY)
         kind = self.weight_storage
-        s1_x, s2_x, s3_x = (Signal(simd * eb, name=f"s{k}_x", reset_less=True)
-                            for k in (1, 2, 3))
-        m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x), s3_x.eq(s2_x)]
+        s1_x, s2_x = (Signal(simd * eb, name=f"s{k}_x", reset_less=True) for k in (1, 2))
+        m.d.sync += [s1_x.eq(x), s2_x.eq(s1_x)]
         if kind == "lut" and eb == 1:
             # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together: the S4
             # register takes the XNOR bits, so the input slice needs no fourth register.
             s1_addr = Signal.like(addr, name="weights_addr1", reset_less=True)
             s2_addr = Signal.like(addr, name="weights_addr", reset_less=True)
             m.d.sync += [s1_addr.eq(addr), s2_addr.eq(s1_addr)]
-            x_copies = replicated(m, "s3_xc", s2_x, copies, reset_less=True)
+            x_copies = _copy_tree(m, "s3_xc", s1_x, copies)
             s4_bits = Signal(pe * simd, reset_less=True)
             rom = _rom(m, "weights", words, pe * simd, s2_addr)
             xs = Cat(x_copies[p // PE_PER_COPY] for p in range(pe))
             m.d.sync += s4_bits.eq(~(rom ^ xs))
             return [[s4_bits[p * simd + s] for s in range(simd)] for p in range(pe)]
-        s4_xs = replicated(m, "s4_x", s3_x, copies, reset_less=True)
+        s4_xs = _copy_tree(m, "s4_x", s2_x, copies)
         if kind == "bram":
             blocks = storage.rom_blocks(pe * simd, len(words))
             addr = replicated(m, "weights_addr", addr_next, copies_for(blocks, BLOCKS_PER_ADDR))
@@ -478,13 +453,13 @@ class MVTU(wiring.Component):
                     for p in range(pe)]
         # Integer levels: the negated ones are registered beside them (eb + 1 bits each, for
         # -(-2**(eb-1))), so no carry chain sits between the S4 registers and the lanes' adders.
-        # They are negated from S2 into one register, then copied (the copies can sit far
+        # They are negated from S1 into one register, then copied (the copies can sit far
         # apart: CNV's conv0 has 64 PEs, and a negation feeding all 64 missed 125 MHz).
         nb = eb + 1
-        s3_neg = Signal(simd * nb, reset_less=True)
-        m.d.sync += s3_neg.eq(Cat((-s2_x[s * eb:(s + 1) * eb].as_signed())[:nb]
+        s2_neg = Signal(simd * nb, reset_less=True)
+        m.d.sync += s2_neg.eq(Cat((-s1_x[s * eb:(s + 1) * eb].as_signed())[:nb]
                                   for s in range(simd)))
-        s4_negs = replicated(m, "s4_negx", s3_neg, copies, reset_less=True)
+        s4_negs = _copy_tree(m, "s4_negx", s2_neg, copies)
         out = []
         for p in range(pe):
             s4_x, s4_neg = s4_xs[p // PE_PER_COPY], s4_negs[p // PE_PER_COPY]
@@ -542,6 +517,88 @@ class MVTU(wiring.Component):
             m.d.sync += mid[lo:hi].eq(Array(n[lo:hi] for n in nears)[pick])
         return word
 
+    def _compute_register(self, m: Module, fill: Signal, shifted: Value, completing: Value,
+                          shifting: bool, load_n: Value, step_n: Value,
+                          sf_next: Value) -> Value:
+        """The compute register (the read side of the double buffer) and the step's slice of
+        it, for the S1 register."""
+        width, simd, eb, sf_n = self.mw * self.elem_bits, self.simd, self.elem_bits, self.sf
+        # The compute register takes the filled vector on `load`. With a "pick" buffer
+        # (:meth:`input_buffer`) it holds it, and the step's slice is picked by copies of the
+        # sf counter; otherwise it rotates by one SIMD slice on every step, so its low bits
+        # are always the step's inputs. Each FANOUT-bit chunk has its own copies of the
+        # decisions.
+        # A vector whose last beat arrived in the previous cycle is still one shift short in
+        # the fill register: where that load is allowed (:meth:`loads_shifting`) it comes from
+        # `shifted` (`fresh`), any other from `fill`; elsewhere every load is from `fill`,
+        # one LUT per bit instead of two.
+        x = Signal(width, reset_less=True)
+        chunks = copies_for(width)
+        picking = self.buffer == "pick"
+        ld = replicated(m, "x_load", load_n, chunks, reset_less=True)
+        if not picking:
+            ce = replicated(m, "x_ce", step_n | load_n, chunks, reset_less=True)
+            rotated = x.rotate_right(simd * eb)
+        if shifting:
+            fresh = replicated(m, "x_fresh", completing, chunks, reset_less=True)
+        for k in range(chunks):
+            lo, hi = k * FANOUT, min(width, (k + 1) * FANOUT)
+            vector = Mux(fresh[k], shifted[lo:hi], fill[lo:hi]) if shifting else fill[lo:hi]
+            if picking:
+                with m.If(ld[k]):
+                    m.d.sync += x[lo:hi].eq(vector)
+            else:
+                with m.If(ce[k]):
+                    m.d.sync += x[lo:hi].eq(Mux(ld[k], vector, rotated[lo:hi]))
+        slice_bits = simd * eb
+        if picking:
+            # One copy of the slice index per FANOUT multiplexers, each loaded with the
+            # counter's next value, so it equals `sf`.
+            pieces = copies_for(slice_bits)
+            sel = replicated(m, "x_pick", sf_next, pieces, reset_less=True)
+            bounds = [(k * FANOUT, min(slice_bits, (k + 1) * FANOUT)) for k in range(pieces)]
+            x_slice = Cat(_mux_tree(sel[k], [x[j * slice_bits + lo:j * slice_bits + hi]
+                                             for j in range(sf_n)])
+                          for k, (lo, hi) in enumerate(bounds))
+        else:
+            x_slice = x[:slice_bits]
+        return x_slice
+
+    def _ram_buffer(self, m: Module, take: Value, completing: Signal, load: Value,
+                    sf: Value) -> Value:
+        """Both halves of the double buffer in one LUT RAM of ``2 * SF`` slices (its banks):
+        a taken beat is registered, then written into its slice of the bank being filled;
+        the step's slice is read (asynchronously) from the bank being computed on, which
+        changes with every load. Returns the slice, for the S1 register; ``completing`` is
+        driven high when ``take`` brings a vector's last beat."""
+        i = self.i_stream
+        width, sf_n = self.in_width, self.sf
+        slice_bits = self.simd * self.elem_bits
+        lanes = slice_bits // width
+        _, count_last, _, _ = wrap_counter(m, "count", self.beats, take)
+        m.d.comb += completing.eq(take & count_last)
+        beat = Signal(width, reset_less=True)
+        written = Signal()
+        m.d.sync += [beat.eq(i.p.data), written.eq(take)]
+        lane, lane_last, _, _ = wrap_counter(m, "wlane", lanes, written)
+        slot, slot_last, _, _ = wrap_counter(m, "wslot", sf_n, written & lane_last)
+        wbank, rbank = Signal(), Signal(init=1)
+        with m.If(written & lane_last & slot_last):
+            m.d.sync += wbank.eq(~wbank)
+        with m.If(load):
+            m.d.sync += rbank.eq(~rbank)
+        depth = 2 << ceil_log2(sf_n)
+        m.submodules.x_ram = ram = Memory(shape=unsigned(slice_bits), depth=depth, init=[],
+                                          attrs={"ram_style": "distributed"})
+        wr = ram.write_port(granularity=width)
+        rd = ram.read_port(domain="comb")
+        m.d.comb += [
+            wr.addr.eq(Cat(slot, wbank)), wr.data.eq(Cat(beat for _ in range(lanes))),
+            wr.en.eq(Cat(written & (lane == k) for k in range(lanes))),
+            rd.addr.eq(Cat(sf, rbank)),
+        ]
+        return rd.data
+
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
         """Collect input beats into a vector: the write side of the double buffer.
 
@@ -585,6 +642,40 @@ class MVTU(wiring.Component):
                              self.pe * lane.size, nf)
         t_lanes = data.View(data.ArrayLayout(lane, self.pe), word)
         return Cat((total[p] >= t_lanes[p].t) ^ t_lanes[p].invert for p in range(self.pe))
+
+
+#: Most input slices per vector whose double buffer is a LUT RAM (:meth:`MVTU.input_buffer`):
+#: 64 words, a four-way multiplexer after the RAM's 16-word blocks.
+RAM_SLICES = 32
+
+#: Copies of an input-slice register one register of the stage before feeds
+#: (:func:`_copy_tree`).
+COPY_GROUP = 4
+
+
+def _mux_tree(sel: Value, parts: list[Value]) -> Value:
+    """``parts[sel]`` as a tree of two-way multiplexers, split on the index's top bit: ABC
+    maps it to fewer LUT4 than an indexed :class:`~amaranth.hdl.Array` (130 against 192 for
+    three 64-bit parts)."""
+    if len(parts) == 1:
+        return parts[0]
+    bits = ceil_log2(len(parts))
+    half = 1 << (bits - 1)
+    return Mux(sel[bits - 1], _mux_tree(sel, parts[half:]), _mux_tree(sel, parts[:half]))
+
+
+def _copy_tree(m: Module, name: str, value: Value, copies: int) -> list[Signal]:
+    """``copies`` registers equal to ``value`` two cycles later: ``value`` is registered in
+    one copy per :data:`COPY_GROUP`, each copied again. With one register feeding all of them,
+    CNV at 8,100 cycles missed 125 MHz on 12.6 ns of routing from an input slice register to
+    one of its 16 per-PE copies across the die."""
+    groups = copies_for(copies, COPY_GROUP)
+    mids = replicated(m, f"{name}_mid", value, groups, reset_less=True)
+    out = []
+    for g, mid in enumerate(mids):
+        out += replicated(m, f"{name}_g{g}", mid, min(COPY_GROUP, copies - g * COPY_GROUP),
+                          reset_less=True)
+    return out
 
 
 def pick_bits(banks: int) -> int:

@@ -62,6 +62,7 @@ LUT_COEF: dict[str, float] = {
     "mvtu.x_fresh": 0.6053,
     "mvtu.x_rot": 0.0,
     "mvtu.x_pick": 1.0,
+    "mvtu.x_ram": 1.0,
     "mvtu.lanes": 1.3986,
     "mvtu.pc_bits": 1.0177,
     "mvtu.acc_bits": 2.3074,
@@ -359,7 +360,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     chooses)."""
     from bnnflow import packing
     from bnnflow.hw.fanout import FANOUT, copies_for
-    from bnnflow.hw.mvtu import BLOCKS_PER_ADDR, MVTU, PE_PER_COPY
+    from bnnflow.hw.mvtu import BLOCKS_PER_ADDR, COPY_GROUP, MVTU, PE_PER_COPY
     from bnnflow.hw.popcount import popcount_width
     from bnnflow.hw.storage import weight_storage
 
@@ -383,6 +384,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         late_regs = (stages - pair_stages) * pe * popcount_width(simd)
 
     x_copies = copies_for(pe, PE_PER_COPY)  # the input slice's register, per PE_PER_COPY PEs
+    x_groups = copies_for(x_copies, COPY_GROUP)  # and the registers between (_copy_tree)
     columns = weight_columns(weights, pe, simd)
     if storage == "lut" and not integer:
         # A LUT4 holds an 8-entry ROM and the XNOR with the input bit together (a deeper ROM
@@ -390,10 +392,11 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
         # constant columns too: x varies).
         w_luts = lanes * (1.0 if depth <= 8 else rom_luts(depth) + 1)
         w_regs, weight_ebr = float(lanes + 2 * _bits(depth)), 0
-        x_regs = simd * (2 + x_copies)
+        x_regs = simd * (1 + x_groups + x_copies)
     else:
         w_luts, w_regs, weight_ebr = _rom(storage, columns, depth)
-        x_regs = simd * eb * (3 + x_copies) + (simd * (eb + 1) * (1 + x_copies) if integer else 0)
+        x_regs = (simd * eb * (2 + x_groups + x_copies)
+                  + (simd * (eb + 1) * (1 + x_groups + x_copies) if integer else 0))
     t_luts = t_regs = 0.0
     threshold_ebr = 0
     if hidden:
@@ -404,12 +407,20 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     # Copies of high-fanout registers (bnnflow.hw.fanout): the compute register's load, step
     # and fresh-vector decisions, the fill register's shift enable, a LUT ROM's address, the
     # accumulator's enable and clear, the picked slice's index.
-    shifting = MVTU.loads_shifting(beats, depth)  # a second multiplexer on the input register
-    picking = MVTU.picks_slices(sf)  # the compute register holds still; its slice is picked
+    buffer = MVTU.input_buffer(in_width, simd, sf, eb)
+    ram, picking = buffer == "ram", buffer == "pick"
+    # a second multiplexer on the input register (none with a LUT RAM buffer)
+    shifting = MVTU.loads_shifting(beats, depth) and not ram
     decisions = 1 + (not picking) + shifting
-    dup_regs = decisions * copies_for(mw * eb) + copies_for(in_width * beats)
+    dup_regs = 0 if ram else decisions * copies_for(mw * eb) + copies_for(in_width * beats)
     if picking:
         dup_regs += copies_for(simd * eb) * _bits(sf)
+    ram_luts = 0.0
+    if ram:
+        # TRELLIS_DPR16X4 (16 words of 4 bits, 4 LUT4 each) for both banks, and a two-way
+        # multiplexer per slice bit for each 16-word block beyond the first.
+        rows = -(-(2 << (sf - 1).bit_length()) // 16)
+        ram_luts = _DPR_COST * rows * -(-simd * eb // 4) + simd * eb * (rows - 1)
     if storage == "lut":
         dup_regs += copies_for(lanes) * _bits(depth)
     if storage == "bram":
@@ -417,16 +428,19 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     dup_regs += 2 * -(-pe // max(1, FANOUT // acc_bits))
     flag_bits = 4 + _bits(nf)
     counter_bits = _bits(depth) + _bits(sf) + _bits(nf) + _bits(beats)
+    if ram:  # the write side's lane and slice counters, and the two bank bits
+        counter_bits += _bits(simd * eb // in_width) + _bits(sf) + 2
     lut = {
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits,
         # Rotating: one load-or-rotate multiplexer per bit, a second one where it loads the
         # shifting fill register. Picking: the fresh-or-filled multiplexer alone, then an
-        # SF-way one per slice bit (a LUT4 for two slices, a LUT5 for three or four).
-        "mvtu.x_in": mw * eb if shifting or not picking else 0,
+        # SF-way one per slice bit (a LUT4 for two slices, two for three). A LUT RAM: none.
+        "mvtu.x_in": mw * eb if not ram and (shifting or not picking) else 0,
         "mvtu.x_fresh": mw * eb if shifting and not picking else 0,
-        "mvtu.x_rot": mw * eb if sf > 1 and not picking else 0,
+        "mvtu.x_rot": mw * eb if sf > 1 and buffer == "rotate" else 0,
         "mvtu.x_pick": simd * eb * (1 if sf == 2 else 2) if picking else 0,
+        "mvtu.x_ram": ram_luts,
         "mvtu.lanes": lanes if storage == "bram" and not integer else 0,
         "mvtu.pc_bits": 0 if integer else pe * adder_bits,
         "mvtu.int_lane_bits": pe * (simd * eb + adder_bits) if integer else 0,
@@ -438,8 +452,8 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     ff = {
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits + flag_bits * (stages + 4),
-        "mvtu.data_regs": (in_width * (beats + 1) + mw * eb + x_regs + pe * lane_bits
-                           + pe * acc_bits + out_width),
+        "mvtu.data_regs": (in_width * (1 if ram else beats + 1) + (0 if ram else mw * eb)
+                           + x_regs + pe * lane_bits + pe * acc_bits + out_width),
         "mvtu.tree_regs": pe * stage_regs + late_regs,
         "mvtu.rom_regs": w_regs + t_regs,
         "mvtu.queue_regs": queue_regs,

@@ -98,7 +98,21 @@ FOLDINGS = [
     (12, 24, 3, 24, 24),  # SF = 1, whole vector per beat
     (12, 24, 12, 2, 1),  # NF = 1, one bit per beat
     (12, 24, 12, 24, 7),  # fully parallel: a one-word memory
+    (12, 24, 2, 4, 4),  # a LUT RAM buffer: 6 one-beat slices
+    (16, 64, 4, 16, 8),  # a LUT RAM buffer: 4 slices of 2 beats
 ]
+
+
+@pytest.mark.parametrize(("in_width", "simd", "sf", "eb", "buffer"), [
+    (8, 8, 32, 1, "ram"), (8, 16, 4, 1, "ram"), (4, 4, 6, 1, "ram"), (24, 3, 9, 8, "ram"),
+    (8, 8, 2, 1, "pick"), (32, 392, 2, 1, "pick"), (5, 8, 3, 1, "pick"),
+    (8, 8, 33, 1, "rotate"), (16, 8, 4, 1, "rotate"), (32, 128, 1, 1, "rotate"),
+    (3, 8, 4, 1, "rotate"),
+])
+def test_input_buffer_choice(in_width, simd, sf, eb, buffer):
+    """LUT RAM where a slice is whole beats and there are 3 to 32 slices; a picked slice
+    for 2 or 3 otherwise; else the rotating register."""
+    assert MVTU.input_buffer(in_width, simd, sf, eb) == buffer
 
 
 @pytest.mark.parametrize(("mh", "mw", "pe", "simd", "in_width"), FOLDINGS)
@@ -147,6 +161,10 @@ def test_scores_mode(mh, mw, pe, simd, in_width):
     (16, 16, 4, 16, 4),  # input beats == NF*SF == 4: the load bypass must avoid a bubble
     (8, 12, 4, 6, 4),  # 3 beats, 4 steps: loading a cycle after the last shift costs none
     (8, 16, 4, 8, 4),  # 2 picked slices, 4 beats == 4 steps: loads the still-shifting fill
+    (8, 24, 4, 8, 8),  # 3 one-beat slices in a LUT RAM, two output groups
+    (4, 32, 4, 8, 8),  # a LUT RAM buffer, beats == steps: reads a slice the cycle it is written
+    (8, 256, 2, 32, 8),  # 8 slices of 4 beats each in a LUT RAM, a 4-lane write
+    (10, 256, 5, 8, 8),  # SFC's last layer: 32 one-beat slices, 64 words of LUT RAM
     (8, 8, 8, 4, 8),  # two cycles per vector
     (8, 128, 2, 64, 32),  # a two-stage adder tree
     (4, 512, 2, 512, 256),  # a three-stage adder tree, one slice per vector
@@ -157,6 +175,7 @@ def test_throughput_and_latency(mh, mw, pe, simd, in_width, storage):
     layer = random_layer(rng, mh, mw)
     x = rng.integers(0, 2, (40 if mw < 128 else 12, mw))
     dut, got, cycles, sent = simulate(layer, pe, simd, in_width, x, storage=storage)
+    assert dut.buffer == MVTU.input_buffer(in_width, simd, dut.sf)
     assert got == expected_beats(layer, pe, x)
     tails = [c for c, (_, last) in zip(cycles, got, strict=True) if last]
     # Steady state is exactly one (nf, sf) step per cycle: no bubble between vectors.

@@ -90,7 +90,9 @@ def test_storage_follows_fold_depth():
 
 def test_lut4_grows_with_lanes():
     net = _tfc()
-    rest = {"fc0": LayerFold(1, 784), "fc2": LayerFold(1, 64), "fc3": LayerFold(1, 64)}
+    # fc0's 64 PEs make fc1's input beats 64 bits, wider than its slices: no LUT RAM buffer
+    # (MVTU.input_buffer), whose saving at some foldings would break the monotony.
+    rest = {"fc0": LayerFold(64, 784), "fc2": LayerFold(1, 64), "fc3": LayerFold(1, 64)}
     chain = [(1, s) for s in (1, 2, 4, 8, 16, 32, 64)] + [(p, 64) for p in (2, 4, 8, 16, 32)]
     luts, ffs = [], []
     for pe, simd in chain:
