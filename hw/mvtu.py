@@ -261,8 +261,9 @@ class MVTU(wiring.Component):
     def input_buffer(in_width: int, simd: int, sf: int, elem_bits: int = 1) -> str:
         """How a unit holds the vector it computes on while the next one arrives:
 
-        * ``"ram"``: where a slice is a whole number of input beats and there are 3 to
-          :data:`RAM_SLICES` slices, both vectors sit in a LUT RAM of ``2 * SF`` slices,
+        * ``"ram"``: where a slice is at most :data:`RAM_LANES` input beats of a multiple of
+          4 bits (a LUT RAM's write granularity) and there are 3 to :data:`RAM_SLICES`
+          slices, both vectors sit in a LUT RAM of ``2 * SF`` slices,
           written beat by beat and read a slice per step (a TRELLIS_DPR16X4 holds 16 words
           of 4 bits: SFC's last layer, 32 slices of 8 bits, takes 8 of them instead of a
           256-bit fill register, a 256-bit compute register and 256 LUT4 rotating it);
@@ -272,7 +273,8 @@ class MVTU(wiring.Component):
         * ``"rotate"``: otherwise a fill register, then a compute register that rotates by a
           slice each step (one LUT4 per vector bit), so the step's slice is its low bits.
         """
-        if 3 <= sf <= RAM_SLICES and (simd * elem_bits) % in_width == 0:
+        lanes, part = divmod(simd * elem_bits, in_width)
+        if 3 <= sf <= RAM_SLICES and not part and lanes <= RAM_LANES and in_width % 4 == 0:
             return "ram"
         return "pick" if sf in (2, 3) else "rotate"
 
@@ -647,6 +649,10 @@ class MVTU(wiring.Component):
 #: Most input slices per vector whose double buffer is a LUT RAM (:meth:`MVTU.input_buffer`):
 #: 64 words, a four-way multiplexer after the RAM's 16-word blocks.
 RAM_SLICES = 32
+
+#: Most input beats per slice of a LUT RAM buffer: each has its own write enable, decoded
+#: from a counter (CNV's conv7, 96 one-bit beats per slice, missed 125 MHz on that decode).
+RAM_LANES = 8
 
 #: Copies of an input-slice register one register of the stage before feeds
 #: (:func:`_copy_tree`).
