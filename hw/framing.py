@@ -4,7 +4,7 @@ The frame format is defined in :mod:`bnnflow.protocol`. The CRC is amaranth's
 CRC-16/CCITT-FALSE processor, one byte per cycle.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.crc.catalog import CRC16_CCITT_FALSE
 from amaranth.lib.memory import WritePort
@@ -26,7 +26,7 @@ from .uart import ByteLayout
 
 __all__ = ["RxByteLayout", "TxByteLayout", "RequestLayout", "bank_words", "ByteRegister",
            "Unescaper", "FrameRx",
-           "ByteSerializer", "FrameTx"]
+           "ByteSerializer", "FrameTx", "one_hot_pick", "SHIFT_BYTES"]
 
 #: An un-escaped received byte; ``start`` marks a raw START (the byte value is then moot).
 RxByteLayout = data.StructLayout({"data": 8, "start": 1})
@@ -263,6 +263,16 @@ class FrameRx(wiring.Component):
 SHIFT_BYTES = 4
 
 
+def one_hot_pick(word: Value, hot: Value, width: int) -> Value:
+    """The ``width``-bit chunk ``k`` of ``word`` where ``hot`` (one bit per chunk) has bit
+    ``k`` set, as an AND-OR: Yosys maps a multiplexer indexed by a counter worse (735 LUT4
+    against 335 for REPLAY's CRC of 21-byte records)."""
+    picked = Const(0, width)
+    for k in range(len(hot)):
+        picked = picked | (word[k * width:(k + 1) * width] & hot[k].replicate(width))
+    return picked
+
+
 class ByteSerializer(wiring.Component):
     """Sends a word of up to ``size`` bytes, least significant byte first, as a byte stream.
 
@@ -333,10 +343,7 @@ class ByteSerializer(wiring.Component):
             with m.If(take_k[k]):
                 m.d.sync += word_r[lo:hi].eq(self.word[lo:hi])
         if size > SHIFT_BYTES:
-            picked = Const(0, 8)
-            for b in range(size):
-                picked = picked | (word_r[8 * b:8 * b + 8] & hot[b].replicate(8))
-            advance, start = hot.eq(hot << 1), hot.eq(1)
+            picked, advance, start = one_hot_pick(word_r, hot, 8), hot.eq(hot << 1), hot.eq(1)
         else:
             shreg = Signal(8 * size, reset_less=True)
             picked, advance, start = shreg[:8], shreg.eq(shreg >> 8), shreg.eq(word_r)

@@ -174,7 +174,7 @@ class HostLink(wiring.Component):
                                                     self.score_bits))
         meter = ReplayMeter(8 * info.record_size, self.crc_chunk_bytes)
         frame_tx = FrameTx(self.escaped)
-        # Keeps the frame encoder's ready off the responder's shift register enable.
+        # Keeps the frame encoder's ready off the responder's serializer enables.
         tx_reg = ByteRegister(TxByteLayout)
         for name, block in (("unescaper", unescaper), ("rx_reg", rx_reg),
                             ("frame_rx", frame_rx), ("replay", replay),

@@ -8,7 +8,9 @@ slices, one ``(nf, sf)`` step per cycle, ``NF*SF`` cycles per vector (shared/DES
 
 Datapath, one register stage per line::
 
-    input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD)
+    input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD,
+                                                            or holds and its slice is picked)
+                                 └► or both halves in one LUT RAM, read a slice per step
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  block RAM data registered in the block, or the LUT ROM's address again
@@ -559,12 +561,21 @@ class MVTU(wiring.Component):
             pieces = copies_for(slice_bits)
             sel = replicated(m, "x_pick", sf_next, pieces, reset_less=True)
             bounds = [(k * FANOUT, min(slice_bits, (k + 1) * FANOUT)) for k in range(pieces)]
-            x_slice = Cat(_mux_tree(sel[k], [x[j * slice_bits + lo:j * slice_bits + hi]
-                                             for j in range(sf_n)])
+            x_slice = Cat(Array(x[j * slice_bits + lo:j * slice_bits + hi]
+                                for j in range(sf_n))[sel[k]]
                           for k, (lo, hi) in enumerate(bounds))
         else:
             x_slice = x[:slice_bits]
         return x_slice
+
+    def _beat(self, m: Module, take: Value, completing: Signal) -> Signal:
+        """The input beat, registered every cycle (so a taken beat is there the cycle after its
+        ``take``), with ``completing`` driven high when ``take`` brings a vector's last beat."""
+        beat = Signal(self.in_width, reset_less=True)
+        m.d.sync += beat.eq(self.i_stream.p.data)
+        _, count_last, _, _ = wrap_counter(m, "count", self.beats, take)
+        m.d.comb += completing.eq(take & count_last)
+        return beat
 
     def _ram_buffer(self, m: Module, take: Value, completing: Signal, load: Value,
                     sf: Value) -> Value:
@@ -573,15 +584,12 @@ class MVTU(wiring.Component):
         the step's slice is read (asynchronously) from the bank being computed on, which
         changes with every load. Returns the slice, for the S1 register; ``completing`` is
         driven high when ``take`` brings a vector's last beat."""
-        i = self.i_stream
         width, sf_n = self.in_width, self.sf
         slice_bits = self.simd * self.elem_bits
         lanes = slice_bits // width
-        _, count_last, _, _ = wrap_counter(m, "count", self.beats, take)
-        m.d.comb += completing.eq(take & count_last)
-        beat = Signal(width, reset_less=True)
+        beat = self._beat(m, take, completing)
         written = Signal()
-        m.d.sync += [beat.eq(i.p.data), written.eq(take)]
+        m.d.sync += written.eq(take)
         lane, lane_last, _, _ = wrap_counter(m, "wlane", lanes, written)
         slot, slot_last, _, _ = wrap_counter(m, "wslot", sf_n, written & lane_last)
         wbank, rbank = Signal(), Signal(init=1)
@@ -612,14 +620,10 @@ class MVTU(wiring.Component):
         fill register and its value after the pending shift; ``completing`` is driven high
         when ``take`` brings a vector's last beat.
         """
-        i = self.i_stream
         width, beats = self.in_width, self.beats
         fill = Signal(width * beats, reset_less=True)
-        beat = Signal(width, reset_less=True)
-        m.d.sync += beat.eq(i.p.data)
+        beat = self._beat(m, take, completing)
         shifted = Cat(fill[width:], beat)
-        _, count_last, _, _ = wrap_counter(m, "count", beats, take)
-        m.d.comb += completing.eq(take & count_last)
         chunks = copies_for(len(fill))
         valid = replicated(m, "fill_shift", take, chunks, reset_less=True)
         for k in range(chunks):
@@ -657,17 +661,6 @@ RAM_LANES = 8
 #: Copies of an input-slice register one register of the stage before feeds
 #: (:func:`_copy_tree`).
 COPY_GROUP = 4
-
-
-def _mux_tree(sel: Value, parts: list[Value]) -> Value:
-    """``parts[sel]`` as a tree of two-way multiplexers, split on the index's top bit: ABC
-    maps it to fewer LUT4 than an indexed :class:`~amaranth.hdl.Array` (130 against 192 for
-    three 64-bit parts)."""
-    if len(parts) == 1:
-        return parts[0]
-    bits = ceil_log2(len(parts))
-    half = 1 << (bits - 1)
-    return Mux(sel[bits - 1], _mux_tree(sel, parts[half:]), _mux_tree(sel, parts[:half]))
 
 
 def _copy_tree(m: Module, name: str, value: Value, copies: int) -> list[Signal]:
