@@ -10,7 +10,7 @@ Datapath, one register stage per line::
 
     input beats ─► beat register ─► fill shift register ─► compute register (rotates by SIMD,
                                                             or holds and its slice is picked)
-                                 └► or both halves in one LUT RAM, read a slice per step
+                                 └► or gathered a slice at a time in LUT RAM, read a slice a step
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  block RAM data registered in the block, or the LUT ROM's address again
@@ -43,12 +43,13 @@ Design choices:
 * The input is double-buffered: the fill register collects vector ``k+1`` while the compute
   register serves vector ``k``. A taken beat is registered, then shifted in, so the fill's
   enables are flip-flops (replicated) and its data moves one beat along: no net fans out over
-  it, however narrow the beats. Mostly the compute register rotates instead of being indexed,
-  so the SIMD slice is always its low bits and no ``SF``-way multiplexer is built; after ``SF``
-  steps it is back in place for the next output group. With two or three slices a
-  multiplexer costs less than the rotation, and the register holds still; where a slice is a
-  whole number of beats, both halves of the buffer are one LUT RAM instead, written a beat
-  and read a slice at a time (:meth:`MVTU.input_buffer`). A vector whose last beat is still in
+  it, however narrow the beats. Where a slice is a whole number of beats and there are 3 to
+  32 slices, both halves of the buffer are LUT RAM instead: the beats of a slice are gathered
+  in a shift register, the slice is written whole, and the step's slice is read (no wide
+  register, no rotation, no enable over it). Otherwise, with two or three slices, the compute
+  register holds still and a multiplexer picks the step's slice; with more, it rotates by a
+  slice each step, so the step's slice is always its low bits and no ``SF``-way multiplexer
+  is built (:meth:`MVTU.input_buffer`). A vector whose last beat is still in
   the beat register is loaded together with it, so an input that takes exactly ``NF*SF``
   beats per vector loses no cycle.
 * Credits instead of a stall enable: S0 issues the step that completes an output beat only
@@ -263,12 +264,13 @@ class MVTU(wiring.Component):
     def input_buffer(in_width: int, simd: int, sf: int, elem_bits: int = 1) -> str:
         """How a unit holds the vector it computes on while the next one arrives:
 
-        * ``"ram"``: where a slice is at most :data:`RAM_LANES` input beats of a multiple of
-          4 bits (a LUT RAM's write granularity) and there are 3 to :data:`RAM_SLICES`
-          slices, both vectors sit in a LUT RAM of ``2 * SF`` slices,
-          written beat by beat and read a slice per step (a TRELLIS_DPR16X4 holds 16 words
-          of 4 bits: SFC's last layer, 32 slices of 8 bits, takes 8 of them instead of a
-          256-bit fill register, a 256-bit compute register and 256 LUT4 rotating it);
+        * ``"ram"``: where a slice is a whole number of input beats and there are 3 to
+          :data:`RAM_SLICES` slices, both vectors sit in LUT RAM of ``2 * SF`` slices,
+          written a slice at a time (its beats gathered in a shift register) and read a slice
+          per step (a TRELLIS_DPR16X4 holds 16 words of 4 bits: SFC's last layer, 32 slices
+          of 8 bits, takes 8 of them instead of a 256-bit fill register, a 256-bit compute
+          register and 256 LUT4 rotating it; CNV's conv7, 24 slices of 96 bits, 96 of them
+          and 96 LUT4 of multiplexers instead of 2,304 LUT4 and 4,608 flip-flops);
         * ``"pick"``: with 2 or 3 slices, a fill register, then a compute register that holds
           still, its slice picked by a multiplexer (Yosys: 1 LUT4 a bit for two slices, 2 for
           three, and no saving from four on: SFC's first layer, 392 LUT4 instead of 784);
@@ -276,7 +278,7 @@ class MVTU(wiring.Component):
           slice each step (one LUT4 per vector bit), so the step's slice is its low bits.
         """
         lanes, part = divmod(simd * elem_bits, in_width)
-        if 3 <= sf <= RAM_SLICES and not part and lanes <= RAM_LANES and in_width % 4 == 0:
+        if 3 <= sf <= RAM_SLICES and lanes and not part:
             return "ram"
         return "pick" if sf in (2, 3) else "rotate"
 
@@ -354,7 +356,7 @@ class MVTU(wiring.Component):
             m.d.sync += nf.eq(Mux(nf == nf_n - 1, 0, nf + 1))
 
         if self.buffer == "ram":
-            x_slice = self._ram_buffer(m, take, completing, load, sf)
+            x_slice = self._ram_buffer(m, take, completing, load, sf, sf_next)
         else:
             fill, shifted = self._fill(m, take, completing)
             x_slice = self._compute_register(m, fill, shifted, completing, shifting,
@@ -578,36 +580,63 @@ class MVTU(wiring.Component):
         return beat
 
     def _ram_buffer(self, m: Module, take: Value, completing: Signal, load: Value,
-                    sf: Value) -> Value:
-        """Both halves of the double buffer in one LUT RAM of ``2 * SF`` slices (its banks):
-        a taken beat is registered, then written into its slice of the bank being filled;
-        the step's slice is read (asynchronously) from the bank being computed on, which
-        changes with every load. Returns the slice, for the S1 register; ``completing`` is
-        driven high when ``take`` brings a vector's last beat."""
+                    sf: Value, sf_next: Value) -> Value:
+        """Both halves of the double buffer in LUT RAM of ``2 * SF`` slices (its banks): taken
+        beats are registered and gathered into a slice, which is written whole into its slot
+        of the bank being filled; the step's slice is read (asynchronously) from the bank being
+        computed on, which changes with every load. Returns the slice, for the S1 register;
+        ``completing`` is driven high when ``take`` brings a vector's last beat.
+
+        The RAM is cut into one memory per :data:`~bnnflow.hw.fanout.FANOUT` slice bits, each
+        with its own copies of the write enable, the write address and the read address, all
+        flip-flops loaded with their next values, so no control net fans out over the whole
+        slice and no write enable is decoded (CNV's conv7, 96 one-bit beats per slice, missed
+        125 MHz when each beat had its own decoded enable). A slice is written in the cycle
+        after its last beat's (the beat register's); it is read at the earliest ``SF - 1``
+        cycles later (:meth:`input_buffer` asks for three slices at least).
+        """
         width, sf_n = self.in_width, self.sf
         slice_bits = self.simd * self.elem_bits
         lanes = slice_bits // width
         beat = self._beat(m, take, completing)
         written = Signal()
         m.d.sync += written.eq(take)
-        lane, lane_last, _, _ = wrap_counter(m, "wlane", lanes, written)
-        slot, slot_last, _, _ = wrap_counter(m, "wslot", sf_n, written & lane_last)
+        _, lane_last, lane_last_n, _ = wrap_counter(m, "wlane", lanes, written)
+        ends = written & lane_last  # the beat register holds a slice's last beat
+        slot, slot_last, _, slot_next = wrap_counter(m, "wslot", sf_n, ends)
         wbank, rbank = Signal(), Signal(init=1)
-        with m.If(written & lane_last & slot_last):
-            m.d.sync += wbank.eq(~wbank)
-        with m.If(load):
-            m.d.sync += rbank.eq(~rbank)
+        wbank_next, rbank_next = wbank ^ (ends & slot_last), rbank ^ load
+        m.d.sync += [wbank.eq(wbank_next), rbank.eq(rbank_next)]
+        # The slice's first lanes - 1 beats, shifted in at the top: beat 0 ends at bit 0.
+        gathered = beat
+        if lanes > 1:
+            gather = Signal((lanes - 1) * width, reset_less=True)
+            shift = replicated(m, "x_gather", take, copies_for(len(gather)), reset_less=True)
+            for k, en in enumerate(shift):
+                lo, hi = k * FANOUT, min(len(gather), (k + 1) * FANOUT)
+                with m.If(en):
+                    m.d.sync += gather[lo:hi].eq(Cat(gather[width:], beat)[lo:hi])
+            gathered = Cat(gather, beat)
         depth = 2 << ceil_log2(sf_n)
-        m.submodules.x_ram = ram = Memory(shape=unsigned(slice_bits), depth=depth, init=[],
-                                          attrs={"ram_style": "distributed"})
-        wr = ram.write_port(granularity=width)
-        rd = ram.read_port(domain="comb")
-        m.d.comb += [
-            wr.addr.eq(Cat(slot, wbank)), wr.data.eq(Cat(beat for _ in range(lanes))),
-            wr.en.eq(Cat(written & (lane == k) for k in range(lanes))),
-            rd.addr.eq(Cat(sf, rbank)),
-        ]
-        return rd.data
+        chunks = copies_for(slice_bits)
+        wes = replicated(m, "x_we", take & lane_last_n, chunks, reset_less=True)
+        waddrs = replicated(m, "x_waddr", Cat(slot_next[:len(slot)], wbank_next), chunks,
+                            reset_less=True)
+        raddrs = replicated(m, "x_raddr", Cat(sf_next[:len(sf)], rbank_next), chunks,
+                            reset_less=True)
+        parts = []
+        for k in range(chunks):
+            lo, hi = k * FANOUT, min(slice_bits, (k + 1) * FANOUT)
+            ram = Memory(shape=unsigned(hi - lo), depth=depth, init=[],
+                         attrs={"ram_style": "distributed"})
+            m.submodules[f"x_ram{k}"] = ram
+            wr, rd = ram.write_port(), ram.read_port(domain="comb")
+            m.d.comb += [
+                wr.addr.eq(waddrs[k]), wr.data.eq(gathered[lo:hi]), wr.en.eq(wes[k]),
+                rd.addr.eq(raddrs[k]),
+            ]
+            parts.append(rd.data)
+        return Cat(parts)
 
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
         """Collect input beats into a vector: the write side of the double buffer.
@@ -653,10 +682,6 @@ class MVTU(wiring.Component):
 #: Most input slices per vector whose double buffer is a LUT RAM (:meth:`MVTU.input_buffer`):
 #: 64 words, a four-way multiplexer after the RAM's 16-word blocks.
 RAM_SLICES = 32
-
-#: Most input beats per slice of a LUT RAM buffer: each has its own write enable, decoded
-#: from a counter (CNV's conv7, 96 one-bit beats per slice, missed 125 MHz on that decode).
-RAM_LANES = 8
 
 #: Copies of an input-slice register one register of the stage before feeds
 #: (:func:`_copy_tree`).

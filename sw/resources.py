@@ -413,6 +413,12 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     shifting = MVTU.loads_shifting(beats, depth) and not ram
     decisions = 1 + (not picking) + shifting
     dup_regs = 0 if ram else decisions * copies_for(mw * eb) + copies_for(in_width * beats)
+    slice_bits = simd * eb
+    if ram:
+        # per FANOUT slice bits: a write enable, write and read addresses (slot and bank),
+        # and the gathering shift register's enables
+        dup_regs += (copies_for(slice_bits) * (1 + 2 * (_bits(sf) + 1))
+                     + copies_for(slice_bits - in_width))
     if picking:
         dup_regs += copies_for(simd * eb) * _bits(sf)
     ram_luts = 0.0
@@ -452,7 +458,7 @@ def _mvtu(weights, thresholds: list[int] | None, pe: int, simd: int, in_width: i
     ff = {
         "mvtu.const": 1,
         "mvtu.counter_bits": counter_bits + flag_bits * (stages + 4),
-        "mvtu.data_regs": (in_width * (1 if ram else beats + 1) + (0 if ram else mw * eb)
+        "mvtu.data_regs": ((slice_bits if ram else in_width * (beats + 1) + mw * eb)
                            + x_regs + pe * lane_bits + pe * acc_bits + out_width),
         "mvtu.tree_regs": pe * stage_regs + late_regs,
         "mvtu.rom_regs": w_regs + t_regs,
@@ -518,16 +524,17 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
 def _fifo(layer, elems: int) -> dict:
     """Counted structures of the row FIFO in front of a window or pool that is not first
     (:func:`bnnflow.hw.core.fifo_depth`; Amaranth's ``SyncFIFOBuffered``). Not calibrated:
-    its memory as Yosys maps it, two pointers and a level counter, and the output register."""
+    its memory as Yosys maps it, two pointers and a level counter, the output register, and
+    the register slice after it (:class:`bnnflow.hw.framing.StreamRegister`)."""
     from bnnflow.hw.core import fifo_depth
 
     width, depth = elems + 1, fifo_depth(layer, elems)
     mem = memory_map(width, depth, writable=True)
     mem_luts = 0.0 if mem.kind == "bram" else _soft_ram_luts(mem.kind, width, depth)
     counters = 3 * _bits(depth + 1)
+    soft = width * depth if mem.kind == "logic" else 0
     return {"lut": {"fifo.luts": mem_luts + 2 * counters},
-            "ff": {"fifo.regs": counters + 2 * width + (width * depth if mem.kind == "logic"
-                                                         else 0)},
+            "ff": {"fifo.regs": counters + 3 * width + 1 + soft},
             "ebr": mem.ebr}
 
 

@@ -100,19 +100,23 @@ FOLDINGS = [
     (12, 24, 12, 24, 7),  # fully parallel: a one-word memory
     (12, 24, 2, 4, 4),  # a LUT RAM buffer: 6 one-beat slices
     (16, 64, 4, 16, 8),  # a LUT RAM buffer: 4 slices of 2 beats
+    (6, 72, 2, 24, 3),  # a LUT RAM buffer: 3 slices of 8 three-bit beats
+    (4, 96, 1, 16, 1),  # a LUT RAM buffer: 6 slices of 16 one-bit beats
+    (4, 384, 2, 96, 2),  # a LUT RAM buffer in two memories: 4 slices of 48 two-bit beats
 ]
 
 
 @pytest.mark.parametrize(("in_width", "simd", "sf", "eb", "buffer"), [
     (8, 8, 32, 1, "ram"), (8, 16, 4, 1, "ram"), (4, 4, 6, 1, "ram"), (24, 3, 9, 8, "ram"),
+    (1, 96, 24, 1, "ram"), (2, 8, 9, 1, "ram"), (8, 128, 4, 1, "ram"), (8, 64, 9, 1, "ram"),
+    (3, 384, 6, 1, "ram"),
     (8, 8, 2, 1, "pick"), (32, 392, 2, 1, "pick"), (5, 8, 3, 1, "pick"),
     (8, 8, 33, 1, "rotate"), (16, 8, 4, 1, "rotate"), (32, 128, 1, 1, "rotate"),
-    (3, 8, 4, 1, "rotate"), (1, 96, 18, 1, "rotate"), (2, 8, 9, 1, "rotate"),
-    (8, 128, 4, 1, "rotate"), (8, 64, 9, 1, "ram"),
+    (3, 8, 4, 1, "rotate"), (1, 1, 512, 1, "rotate"),
 ])
 def test_input_buffer_choice(in_width, simd, sf, eb, buffer):
-    """LUT RAM where a slice is at most 8 whole beats of a multiple of 4 bits and there are
-    3 to 32 slices; a picked slice for 2 or 3 otherwise; else the rotating register."""
+    """LUT RAM where a slice is whole beats and there are 3 to 32 slices; a picked slice for
+    2 or 3 otherwise; else the rotating register."""
     assert MVTU.input_buffer(in_width, simd, sf, eb) == buffer
 
 
