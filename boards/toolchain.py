@@ -19,6 +19,7 @@ from pathlib import Path
 __all__ = [
     "TOOLS",
     "BUILD_TOOLS",
+    "SYNTH_OPTIONS",
     "ToolchainError",
     "find_tool",
     "find_tools",
@@ -39,6 +40,12 @@ TOOLS: dict[str, tuple[tuple[str, ...], str]] = {
 
 #: The tools a bitstream build needs; programming also needs ``OPENFPGALOADER``.
 BUILD_TOOLS = ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")
+
+#: ``synth_ecp5`` options of every synthesis bnnflow runs (board builds, the resource model's
+#: calibration, the per-lane cost table). ``-nowidelut`` maps to LUT4s alone, without
+#: PFUMX/L6MUX21 wide LUTs: ABC's delay-driven wide LUTs cost area the MVTU's short stages do
+#: not need (SFC at 64 cycles per frame: 17,799 LUT4 instead of 18,553 and 2,250 PFUMX).
+SYNTH_OPTIONS = "-nowidelut"
 
 
 class ToolchainError(RuntimeError):

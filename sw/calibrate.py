@@ -194,17 +194,18 @@ def _yosys_version(yosys: str, env) -> str:
 
 def synthesize(net: Network, folding: Folding, in_width: int = 8,
                log=print) -> dict[str, dict[str, int]]:
-    """Cells per block of the core for ``net`` at ``folding`` after ``synth_ecp5``, cached.
+    """Cells per block of the core for ``net`` at ``folding`` after ``synth_ecp5`` (with
+    :data:`~bnnflow.boards.toolchain.SYNTH_OPTIONS`, as the board build), cached.
 
-    The cache keeps the compressed netlist (keyed by the Verilog and the Yosys version), so a
-    change to the attribution re-reads it without synthesizing again.
+    The cache keeps the compressed netlist (keyed by the Verilog, the options and the Yosys
+    version), so a change to the attribution re-reads it without synthesizing again.
 
     Returns
     -------
     dict
         Block name -> cell type -> count, as :func:`cells_per_block`.
     """
-    from bnnflow.boards.toolchain import find_tool, toolchain_env
+    from bnnflow.boards.toolchain import SYNTH_OPTIONS, find_tool, toolchain_env
     from bnnflow.hw.core import generate_verilog
 
     yosys = find_tool("YOSYS")
@@ -215,14 +216,15 @@ def synthesize(net: Network, folding: Folding, in_width: int = 8,
         text = vpath.read_text()
         # The key leaves out Amaranth's source locations, so moving lines keeps the cache.
         bare = re.sub(r"\(\* src = \"[^\"]*\" \*\)", "", text)
-        key = hashlib.sha256((_yosys_version(yosys, env) + "\n" + bare).encode()).hexdigest()
+        key = hashlib.sha256((_yosys_version(yosys, env) + "\n" + SYNTH_OPTIONS + "\n"
+                              + bare).encode()).hexdigest()
         cached = CACHE / f"{key}.json.gz"
         if not cached.exists():
             start = time.perf_counter()
             run = subprocess.run(
                 # Relative paths: YoWASP tools see the working directory, not all of /tmp.
                 [yosys, "-q", "-p",
-                 "read_verilog core.v; synth_ecp5 -top bnn_core -json core.json"],
+                 f"read_verilog core.v; synth_ecp5 {SYNTH_OPTIONS} -top bnn_core -json core.json"],
                 env=env, capture_output=True, text=True, cwd=tmp)
             if run.returncode:
                 raise RuntimeError(f"yosys failed on {net.name} (exit {run.returncode}): "

@@ -95,7 +95,9 @@ def _mvtu(storage: str, pe: int, simd: int, depth: int, seed: int):
 
 
 def synth_cells(verilog_path: str | Path, top: str, options: str = "") -> dict[str, int]:
-    """Synthesize ``verilog_path`` with ``synth_ecp5 options`` and count the netlist's cells.
+    """Synthesize ``verilog_path`` with ``synth_ecp5``, its options
+    :data:`~bnnflow.boards.toolchain.SYNTH_OPTIONS` (as the board build) and ``options``, and
+    count the netlist's cells.
 
     The netlist ``<top>.json`` is written next to the Verilog file.
 
@@ -104,12 +106,18 @@ def synth_cells(verilog_path: str | Path, top: str, options: str = "") -> dict[s
     RuntimeError
         If Yosys fails; the message ends with its last output lines.
     """
-    from bnnflow.boards.toolchain import count_netlist_cells, find_tool, toolchain_env
+    from bnnflow.boards.toolchain import (
+        SYNTH_OPTIONS,
+        count_netlist_cells,
+        find_tool,
+        toolchain_env,
+    )
 
     # YoWASP tools see the working directory, not necessarily the whole file system.
     verilog_path = Path(verilog_path).resolve()
     workdir, netlist = verilog_path.parent, f"{top}.json"
-    script = f"read_verilog {verilog_path.name}; synth_ecp5 {options} -top {top} -json {netlist}"
+    script = (f"read_verilog {verilog_path.name}; synth_ecp5 {SYNTH_OPTIONS} {options} "
+              f"-top {top} -json {netlist}")
     proc = subprocess.run([find_tool("YOSYS"), "-q", "-p", script], capture_output=True,
                           text=True, env=toolchain_env(("YOSYS",)), cwd=workdir, check=False)
     if proc.returncode:
