@@ -33,7 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -43,6 +43,7 @@ from bnnflow.folding import Folding
 from bnnflow.ir import Conv, Dense, MaxPool, Network
 
 from .argmax import Argmax, result_layout, score_width
+from .framing import StreamRegister
 from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
@@ -301,11 +302,17 @@ def _row_fifo(m: Module, upstream, layer, elems: int, name: str, reset_req):
         fifo.w_stream.valid.eq(upstream.valid),
         upstream.ready.eq(fifo.w_stream.ready),
     ]
+    # The FIFO's output is its block RAM's read data: a register slice after it, so no
+    # multiplexer of the next block follows the block's clock-to-output time (CNV's window7
+    # missed 125 MHz on that path).
+    reg = StreamRegister(unsigned(width))
+    local_reset(m, f"{name}_out", reg, reset_req)
+    wiring.connect(m, fifo.r_stream, reg.i)
     out = stream.Signature(beat_layout(width - 1)).create(path=(name, "out"))
     m.d.comb += [
-        out.payload.eq(fifo.r_stream.payload),
-        out.valid.eq(fifo.r_stream.valid),
-        fifo.r_stream.ready.eq(out.ready),
+        out.payload.eq(reg.o.payload),
+        out.valid.eq(reg.o.valid),
+        reg.o.ready.eq(out.ready),
     ]
     return out
 
