@@ -91,27 +91,48 @@ class ByteRegister(wiring.Component):
 
 
 class StreamRegister(wiring.Component):
-    """A full-rate register slice: ``o`` is a flip-flop (valid and payload), ``i.ready`` is
-    ``~o.valid | o.ready``. Put after a block RAM's read data (a FIFO's, the image buffer's),
-    it gives that data a register with no logic before it, so the block's 5.8 ns
-    clock-to-output time is not followed by a multiplexer or a long route to a distant load.
+    """A full-rate register slice: ``o`` is a flip-flop (valid and payload). Put after a block
+    RAM's read data (a FIFO's, the image buffer's), it gives that data a register with no
+    logic before it, so the block's 5.8 ns clock-to-output time is not followed by a
+    multiplexer or a long route to a distant load.
+
+    Plain, ``i.ready`` is ``~o.valid | o.ready``, through to the producer. With ``skid``, a
+    second register takes the beat that arrives while the output stalls, and ``i.ready`` is a
+    flip-flop too, so no path runs from the consumer's ready into the producer's control
+    (SFC missed 125 MHz on one from the core's input through the image replay's counters).
 
     Parameters
     ----------
     layout
         The payload layout.
+    skid
+        Register ``i.ready`` as well (one more payload register).
     """
 
-    def __init__(self, layout):
+    def __init__(self, layout, *, skid: bool = False):
+        self.skid = skid
         super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
 
     def elaborate(self, platform):
         m = Module()
-        data = Signal(len(Value.cast(self.i.payload)), reset_less=True)
-        m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready),
-                     self.o.payload.eq(data)]
-        with m.If(self.i.ready):
-            m.d.sync += [self.o.valid.eq(self.i.valid), data.eq(self.i.payload)]
+        i, o = self.i, self.o
+        width = len(Value.cast(i.payload))
+        data = Signal(width, reset_less=True)
+        m.d.comb += o.payload.eq(data)
+        if not self.skid:
+            m.d.comb += i.ready.eq(~o.valid | o.ready)
+            with m.If(i.ready):
+                m.d.sync += [o.valid.eq(i.valid), data.eq(i.payload)]
+            return m
+        held, held_valid = Signal(width, reset_less=True), Signal()
+        m.d.comb += i.ready.eq(~held_valid)
+        with m.If(~o.valid | o.ready):
+            with m.If(held_valid):
+                m.d.sync += [data.eq(held), o.valid.eq(1), held_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [data.eq(i.payload), o.valid.eq(i.valid)]
+        with m.Elif(i.valid & ~held_valid):
+            m.d.sync += [held.eq(i.payload), held_valid.eq(1)]
         return m
 
 
