@@ -20,7 +20,7 @@ from bnnflow.hw.fanout import DUP_SUFFIX
 
 from . import cache
 from .outreg import absorb_output_registers
-from .registry import BoardInfo, get_board
+from .registry import DEVICES, BoardInfo, get_board
 from .toolchain import (
     BUILD_TOOLS,
     SYNTH_OPTIONS,
@@ -32,7 +32,8 @@ from .toolchain import (
 )
 from .top import BoardTop
 
-__all__ = ["BoardTop", "build", "BuildError", "ResourceError", "TimingError"]
+__all__ = ["BoardTop", "build", "BuildError", "ResourceError", "TimingError", "choose_placer",
+           "STATIC_PLACER_MAX_SHARE"]
 
 #: Tool name in Amaranth's command list -> (step name, log file suffix or None).
 _STEPS = {
@@ -273,11 +274,10 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
     progress("amaranth", None)
     start = time.perf_counter()
     # router2: on designs of tens of thousands of LUTs router1 spends most of an hour ripping
-    # up congested arcs that router2 routes in minutes. The static (electrostatic) placer:
-    # on SFC's netlist HeAP left a block RAM's read register 51 columns from the block
-    # (100.8 MHz, 13 minutes); the static placer reached 111.2 MHz in 6.
+    # up congested arcs that router2 routes in minutes. The placer is chosen after Yosys
+    # (choose_placer).
     nextpnr_opts = ["--report", f"{name}_nextpnr.json", "--timing-allow-fail",
-                    "--placer", "static", "--router", "router2"]
+                    "--router", "router2"]
     if seed is not None:
         nextpnr_opts += ["--seed", str(seed)]
     plan = board.platform().prepare(BoardTop(factory, board), name,
@@ -290,8 +290,11 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
 
     commands = json.loads((out / f"{plan.script}.json").read_text())["commands"]
     outreg = None  # what absorb_output_registers did, after the yosys step
+    placer = None
     for tool, *args in commands:
         step, log_suffix = _STEPS[tool]
+        if step == "nextpnr":
+            args = [*args, "--placer", placer]
         progress(step, None)
         console = out / f"{name}_{step}.out"
         code, seconds[step] = _run_step([env[tool.upper().replace("-", "_")], *args],
@@ -302,5 +305,31 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
         progress(step, seconds[step])
         if step == "yosys":
             outreg = absorb_output_registers(out / f"{name}.json")
+            cells, _ = count_netlist_cells(out / f"{name}.json")
+            placer = choose_placer(cells, DEVICES[board.device].lut4)
     seconds["total"] = sum(seconds.values())
-    return _report(board, name, out, seconds, outreg)
+    report = _report(board, name, out, seconds, outreg)
+    report["placer"] = placer
+    return report
+
+
+#: Share of the device's LUT4 up to which a design is placed by nextpnr's static
+#: (electrostatic) placer, and above which by HeAP (:func:`choose_placer`).
+STATIC_PLACER_MAX_SHARE = 0.4
+
+
+def choose_placer(cells: dict[str, int], device_lut4: int) -> str:
+    """nextpnr's placer for a netlist of ``cells`` (Yosys' cell counts) on a device of
+    ``device_lut4`` LUT4: ``"static"`` for a design of at most :data:`STATIC_PLACER_MAX_SHARE`
+    of the device, else ``"heap"``.
+
+    Measured on the ULX3S-85F at 125 MHz: SFC at 64 cycles per frame (26 % of the LUT4),
+    one netlist placed both ways, reached 111.2 MHz with the static placer in 6 minutes and
+    100.8 MHz with HeAP in 13, which left a block RAM's read register 51 columns from the
+    block; CNV at 8,100 cycles (64 %) reached 108.6 MHz with HeAP and, with register slices
+    after its FIFOs added, 83.8 MHz with the static placer, which left a LUT RAM's
+    write-address register 33 columns from it.
+    """
+    used = (cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
+            + 4 * cells.get("TRELLIS_DPR16X4", 0))
+    return "static" if used <= STATIC_PLACER_MAX_SHARE * device_lut4 else "heap"

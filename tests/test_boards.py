@@ -512,3 +512,15 @@ def test_board_info_is_frozen():
         BOARDS["ulx3s-12f"].clk_freq = 50e6  # type: ignore[misc]
     assert isinstance(BOARDS["ulx3s-12f"], BoardInfo)
     assert toolchain.BUILD_TOOLS == ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")
+
+
+def test_choose_placer():
+    """The static placer up to 40 % of the device's LUT4 (carry cells and LUT RAM count as
+    LUT4 slots), HeAP above."""
+    from bnnflow.boards.build import choose_placer
+
+    assert choose_placer({"LUT4": 17799, "CCU2C": 1152, "TRELLIS_DPR16X4": 26}, 83640) == "static"
+    assert choose_placer({"LUT4": 44000, "CCU2C": 2000}, 83640) == "heap"
+    assert choose_placer({"LUT4": 8000, "CCU2C": 500}, 24288) == "static"
+    assert choose_placer({"LUT4": 8000, "CCU2C": 1000}, 24288) == "heap"
+    assert choose_placer({}, 12288) == "static"
