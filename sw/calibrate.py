@@ -265,11 +265,11 @@ def stream_producers(verilog: str) -> dict[str, str]:
 
 def truth_per_block(net: Network, cells: dict[str, dict[str, int]]) -> dict[str, tuple]:
     """Synthesized (LUT4, FF, EBR) per model block: a layer's MVTU together with its sliding
-    window and the row FIFO in front of it, the glue blocks, and ``"top"`` for anything
-    credited to no submodule."""
+    window and the row FIFO in front of it (and the FIFO's output register slice), the glue
+    blocks, and ``"top"`` for anything credited to no submodule."""
     groups: dict[str, list[str]] = {}
     for i, layer in enumerate(net.layers):
-        groups[layer.name] = [f"layer{i}", f"window{i}", f"fifo{i}"]
+        groups[layer.name] = [f"layer{i}", f"window{i}", f"fifo{i}", f"fifo{i}_out"]
     groups["argmax"], groups["pixels"], groups["top"] = ["argmax"], ["pixels"], ["top"]
     out = {}
     for name, parts in groups.items():

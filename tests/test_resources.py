@@ -207,3 +207,21 @@ def test_storage_override_moves_weights_out_of_block_ram():
     assert moved["fc0"].weight_ebr == 0 < base["fc0"].weight_ebr
     assert moved["fc0"].lut4 > base["fc0"].lut4
     assert moved["fc1"] == base["fc1"]
+
+
+def test_truth_per_block_groups_every_block_of_a_layer():
+    """A layer's synthesized cells are its MVTU's, its window's, its row FIFO's and that
+    FIFO's register slice's; a block the grouping does not know is an error, not lost."""
+    from bnnflow.calibrate import truth_per_block
+    from bnnflow.ir import Conv
+    from bnnflow.synthetic import zoo_net
+
+    net = zoo_net("lenet", 0)
+    index = next(i for i, layer in enumerate(net.layers) if i > 0 and isinstance(layer, Conv))
+    name = net.layers[index].name
+    cells = {f"layer{index}": {"LUT4": 10, "TRELLIS_FF": 4},
+             f"window{index}": {"LUT4": 5}, f"fifo{index}": {"LUT4": 2, "DP16KD": 1},
+             f"fifo{index}_out": {"TRELLIS_FF": 9}}
+    assert truth_per_block(net, cells)[name] == (17, 13, 1)
+    with pytest.raises(ValueError, match="unexpected blocks"):
+        truth_per_block(net, {**cells, "mystery": {"LUT4": 1}})
