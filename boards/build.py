@@ -26,6 +26,7 @@ from .toolchain import (
     SYNTH_OPTIONS,
     count_netlist_cells,
     log_tail,
+    lut4_slots,
     parse_nextpnr_log,
     parse_nextpnr_report,
     toolchain_env,
@@ -95,10 +96,12 @@ def _sync_clock(fmax: dict, target_mhz: float) -> tuple[str, dict]:
     return clk, fmax[clk]
 
 
-def _report(board, name, out, tools_seconds, outreg) -> dict:
+def _report(board, name, out, tools_seconds, outreg, netlist) -> dict:
+    """The build's report; ``netlist`` is Yosys' ``(cells, version)``
+    (:func:`~bnnflow.boards.toolchain.count_netlist_cells`)."""
     nextpnr = parse_nextpnr_report(out / f"{name}_nextpnr.json")
     log = parse_nextpnr_log((out / f"{name}.tim").read_text(errors="replace"))
-    cells, yosys_version = count_netlist_cells(out / f"{name}.json")
+    cells, yosys_version = netlist
     util = nextpnr["utilisation"]
     target = board.clk_freq / 1e6
     clock, fmax = _sync_clock(nextpnr["fmax"] or log["fmax"], target)
@@ -290,7 +293,7 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
 
     commands = json.loads((out / f"{plan.script}.json").read_text())["commands"]
     outreg = None  # what absorb_output_registers did, after the yosys step
-    placer = None
+    netlist = placer = None  # Yosys' cell count and the placer it decides, after that step
     for tool, *args in commands:
         step, log_suffix = _STEPS[tool]
         if step == "nextpnr":
@@ -305,10 +308,10 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
         progress(step, seconds[step])
         if step == "yosys":
             outreg = absorb_output_registers(out / f"{name}.json")
-            cells, _ = count_netlist_cells(out / f"{name}.json")
-            placer = choose_placer(cells, DEVICES[board.device].lut4)
+            netlist = count_netlist_cells(out / f"{name}.json")
+            placer = choose_placer(netlist[0], DEVICES[board.device].lut4)
     seconds["total"] = sum(seconds.values())
-    report = _report(board, name, out, seconds, outreg)
+    report = _report(board, name, out, seconds, outreg, netlist)
     report["placer"] = placer
     return report
 
@@ -321,7 +324,7 @@ STATIC_PLACER_MAX_SHARE = 0.4
 def choose_placer(cells: dict[str, int], device_lut4: int) -> str:
     """nextpnr's placer for a netlist of ``cells`` (Yosys' cell counts) on a device of
     ``device_lut4`` LUT4: ``"static"`` for a design of at most :data:`STATIC_PLACER_MAX_SHARE`
-    of the device, else ``"heap"``.
+    of the device (in :func:`~bnnflow.boards.toolchain.lut4_slots`), else ``"heap"``.
 
     Measured on the ULX3S-85F at 125 MHz: SFC at 64 cycles per frame (26 % of the LUT4),
     one netlist placed both ways, reached 111.2 MHz with the static placer in 6 minutes and
@@ -330,6 +333,4 @@ def choose_placer(cells: dict[str, int], device_lut4: int) -> str:
     after its FIFOs added, 83.8 MHz with the static placer, which left a LUT RAM's
     write-address register 33 columns from it.
     """
-    used = (cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
-            + 4 * cells.get("TRELLIS_DPR16X4", 0))
-    return "static" if used <= STATIC_PLACER_MAX_SHARE * device_lut4 else "heap"
+    return "static" if lut4_slots(cells) <= STATIC_PLACER_MAX_SHARE * device_lut4 else "heap"

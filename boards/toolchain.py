@@ -27,6 +27,7 @@ __all__ = [
     "parse_nextpnr_log",
     "parse_nextpnr_report",
     "count_netlist_cells",
+    "lut4_slots",
     "log_tail",
 ]
 
@@ -262,6 +263,13 @@ def _critical_path(paths: list) -> dict | None:
                 "sources": sources[:8],
             }
     return best
+
+
+def lut4_slots(cells: Mapping[str, int]) -> int:
+    """LUT4 slots of a Yosys cell count as nextpnr counts them before packing ("Total
+    LUT4s"): a LUT4 each, 2 per CCU2C, 6 per TRELLIS_DPR16X4 (4 RAM LUTs and 2 RAMW)."""
+    return (cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0)
+            + 6 * cells.get("TRELLIS_DPR16X4", 0))
 
 
 def count_netlist_cells(netlist: str | os.PathLike | Mapping) -> tuple[dict[str, int], str]:

@@ -181,10 +181,11 @@ def _port_bits(cell: dict, direction: str) -> list[int]:
 
 
 def lut4_ff_ebr(cells: dict[str, int]) -> tuple[int, int, int]:
-    """LUT4 slots (LUT4 + 2 per CCU2C + 6 per DPR16X4, as nextpnr counts them before
-    packing), TRELLIS_FF and DP16KD of one cell count."""
-    lut = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0) + 6 * cells.get("TRELLIS_DPR16X4", 0)
-    return lut, cells.get("TRELLIS_FF", 0), cells.get("DP16KD", 0)
+    """LUT4 slots (:func:`~bnnflow.boards.toolchain.lut4_slots`), TRELLIS_FF and DP16KD of
+    one cell count."""
+    from bnnflow.boards.toolchain import lut4_slots
+
+    return lut4_slots(cells), cells.get("TRELLIS_FF", 0), cells.get("DP16KD", 0)
 
 
 def _yosys_version(yosys: str, env) -> str:

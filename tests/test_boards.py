@@ -524,3 +524,12 @@ def test_choose_placer():
     assert choose_placer({"LUT4": 8000, "CCU2C": 500}, 24288) == "static"
     assert choose_placer({"LUT4": 8000, "CCU2C": 1000}, 24288) == "heap"
     assert choose_placer({}, 12288) == "static"
+
+
+def test_lut4_slots_counts_as_nextpnr_before_packing():
+    """A LUT4 each, 2 per carry cell, 6 per DPR16X4 (SFC's 26 were 104 RAM and 52 RAMW LUTs
+    in nextpnr's log)."""
+    from bnnflow.boards.toolchain import lut4_slots
+
+    assert lut4_slots({"LUT4": 18553, "CCU2C": 1152, "TRELLIS_DPR16X4": 26}) == 21013
+    assert lut4_slots({"TRELLIS_FF": 5}) == 0
