@@ -610,12 +610,7 @@ class MVTU(wiring.Component):
         # The slice's first lanes - 1 beats, shifted in at the top: beat 0 ends at bit 0.
         gathered = beat
         if lanes > 1:
-            gather = Signal((lanes - 1) * width, reset_less=True)
-            shift = replicated(m, "x_gather", take, copies_for(len(gather)), reset_less=True)
-            for k, en in enumerate(shift):
-                lo, hi = k * FANOUT, min(len(gather), (k + 1) * FANOUT)
-                with m.If(en):
-                    m.d.sync += gather[lo:hi].eq(Cat(gather[width:], beat)[lo:hi])
+            gather, _ = _shift_in(m, "x_gather", beat, (lanes - 1) * width, take)
             gathered = Cat(gather, beat)
         depth = 2 << ceil_log2(sf_n)
         chunks = copies_for(slice_bits)
@@ -641,25 +636,14 @@ class MVTU(wiring.Component):
     def _fill(self, m: Module, take: Value, completing: Signal) -> tuple[Signal, Value]:
         """Collect input beats into a vector: the write side of the double buffer.
 
-        A taken beat is registered first, then shifted in at the top of the fill register, so
-        after ``beats`` of them beat 0 sits at bit 0 and the pad bits of the last beat above
-        bit MW, where nothing reads them. The shift's enable is that input register's valid,
-        one copy per :data:`~bnnflow.hw.fanout.FANOUT` bits, and its data moves one beat
-        along, so neither fans out over the register however narrow the beats. Returns the
-        fill register and its value after the pending shift; ``completing`` is driven high
-        when ``take`` brings a vector's last beat.
+        A taken beat is registered first, then shifted in at the top of the fill register
+        (:func:`_shift_in`), so after ``beats`` of them beat 0 sits at bit 0 and the pad bits
+        of the last beat above bit MW, where nothing reads them. Returns the fill register and
+        its value after the pending shift; ``completing`` is driven high when ``take`` brings
+        a vector's last beat.
         """
-        width, beats = self.in_width, self.beats
-        fill = Signal(width * beats, reset_less=True)
         beat = self._beat(m, take, completing)
-        shifted = Cat(fill[width:], beat)
-        chunks = copies_for(len(fill))
-        valid = replicated(m, "fill_shift", take, chunks, reset_less=True)
-        for k in range(chunks):
-            lo, hi = k * FANOUT, min(len(fill), (k + 1) * FANOUT)
-            with m.If(valid[k]):
-                m.d.sync += fill[lo:hi].eq(shifted[lo:hi])
-        return fill, shifted
+        return _shift_in(m, "fill", beat, self.in_width * self.beats, take)
 
     def _activate(self, m: Module, nf: Value, total: Value) -> Value:
         """The output lanes for the accumulated counts ``total``; ``nf`` is the output group
@@ -700,6 +684,24 @@ def _copy_tree(m: Module, name: str, value: Value, copies: int) -> list[Signal]:
         out += replicated(m, f"{name}_g{g}", mid, min(COPY_GROUP, copies - g * COPY_GROUP),
                           reset_less=True)
     return out
+
+
+def _shift_in(m: Module, name: str, beat: Value, bits: int,
+              take: Value) -> tuple[Signal, Value]:
+    """A ``bits``-bit shift register that takes ``beat`` in at its top in the cycle after each
+    ``take`` (``beat`` is the registered input beat), so the first of ``bits / len(beat)``
+    beats ends at bit 0. Its enable is ``take`` registered, one copy per
+    :data:`~bnnflow.hw.fanout.FANOUT` bits (``<name>_shift``), and its data moves one beat
+    along: neither fans out over the register however narrow the beats. Returns the register
+    and its value after the pending shift."""
+    reg = Signal(bits, name=name, reset_less=True)
+    shifted = Cat(reg[len(beat):], beat)
+    for k, en in enumerate(replicated(m, f"{name}_shift", take, copies_for(bits),
+                                      reset_less=True)):
+        lo, hi = k * FANOUT, min(bits, (k + 1) * FANOUT)
+        with m.If(en):
+            m.d.sync += reg[lo:hi].eq(shifted[lo:hi])
+    return reg, shifted
 
 
 def pick_bits(banks: int) -> int:
