@@ -57,7 +57,9 @@ Design choices:
   stage behind S0 advances every cycle. Back-pressure from the next block reaches the credit
   counter and nothing else; no enable fans out over the adder trees.
 * High fan-out control is replicated (:mod:`bnnflow.hw.fanout`): the compute register's load
-  and step decisions are flip-flops computed a cycle ahead, one copy per 64 bits; a LUT ROM's
+  and step decisions are flip-flops computed a cycle ahead, one copy per 64 bits, and the
+  load decision's own inputs are looked ahead once more, so its copies hang one LUT from
+  flip-flops (a register per value of the credit refund, :func:`_issue`); a LUT ROM's
   address register has one copy per 64 ROM bits, the accumulator's enable and clear one per
   64 accumulator bits. ``i.ready`` is ``~full | load``, both registers.
 * Only control is reset: valid flags, counters, credits and the queue's pointers. The
@@ -76,6 +78,7 @@ Design choices:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -332,22 +335,46 @@ class MVTU(wiring.Component):
         ]
 
         # Every input of the next-state logic is a flip-flop (the counters' wrap flags and the
-        # credit comparisons are registered too), so `load_n` and `step_n` are a few LUTs deep.
-        busy_n, full_n, step_n, load_n, credit_n = Signal(), Signal(), Signal(), Signal(), Signal()
-        sf, sf_last, sf_last_n, sf_next = wrap_counter(m, "sf", sf_n, step)
-        addr, final, final_n, addr_next = wrap_counter(m, "addr", steps, step)
-        consume = Signal()
+        # credit comparisons are registered too), so `step_n` is a few LUTs deep.
+        sf_c, addr_c = wrap_counter(m, "sf", sf_n, step), wrap_counter(m, "addr", steps, step)
+        sf, sf_last, sf_next = sf_c.value, sf_c.last, sf_c.value_next
+        addr, final, addr_next = addr_c.value, addr_c.last, addr_c.value_next
         credits_n = Signal.like(credits)
         above1, above0 = Signal(init=depth > 1), Signal(init=1)  # credits > 1, credits > 0
+        state = _IssueState(full, load, busy, step, final, addr_c.penult, sf_last, sf_c.penult,
+                            above1, above0)
+        now = _issue(state, refund, completing, steps, sf_n, shifting)
+        full_n, busy_n, step_n = Signal(), Signal(), Signal()
         m.d.comb += [
-            consume.eq(step & sf_last),
-            full_n.eq((full & ~load) | completing),
-            busy_n.eq(load | (busy & ~(step & final))),
-            credit_n.eq(Mux(refund & ~consume, 1, Mux(consume & ~refund, above1, above0))),
-            step_n.eq(busy_n & (~sf_last_n | credit_n)),
-            load_n.eq(full_n & (~busy_n | (step_n & final_n)) & (shifting | ~completing)),
-            credits_n.eq(credits - consume + refund),
+            full_n.eq(now.full), busy_n.eq(now.busy), step_n.eq(now.step),
+            credits_n.eq(credits - (step & sf_last) + refund),
         ]
+        # The load decision fans out to a copy per 64 bits of the compute register (SFC's
+        # first layer: 13), so it is looked ahead one cycle further: for each value of this
+        # cycle's two inputs that are not flip-flops (the credit refund and, where loads may
+        # shift, the vector's completion), a register holds the decision `_issue` takes from
+        # the state those inputs will meet, and `load_n` is a multiplexer over them. It takes
+        # the same decisions; the copies' net now starts one LUT from flip-flops instead of
+        # four (SFC missed 125 MHz on that net: 4 LUTs, 3.4 ns of routing to the farthest copy).
+        load_n = Signal()
+        nxt = _IssueState(full_n, load_n, busy_n, step_n, addr_c.last_next, addr_c.penult_next,
+                          sf_c.last_next, sf_c.penult_next, credits_n > 1, credits_n != 0)
+        reset_state = _IssueState(0, 0, 0, 0, int(steps == 1), int(steps == 2), int(sf_n == 1),
+                                  int(sf_n == 2), int(depth > 1), 1)
+        ahead = {}
+        # Without shifting loads, a completing vector means no load (`_issue`), and a full,
+        # unloaded fill register takes no beat, so no completion: the decision for
+        # completing = 0 is exact either way.
+        for r in (0, 1):
+            for c in ((0, 1) if shifting else (0,)):
+                init = _issue(reset_state, r, c, steps, sf_n, shifting, mux=_int_mux).load
+                ahead[r, c] = Signal(init=init, name=f"load_ahead_r{r}c{c}")
+                m.d.sync += ahead[r, c].eq(_issue(nxt, r, c, steps, sf_n, shifting).load)
+        if shifting:
+            m.d.comb += load_n.eq(Mux(completing, Mux(refund, ahead[1, 1], ahead[0, 1]),
+                                      Mux(refund, ahead[1, 0], ahead[0, 0])))
+        else:
+            m.d.comb += load_n.eq(Mux(refund, ahead[1, 0], ahead[0, 0]))
         m.d.sync += [
             full.eq(full_n), busy.eq(busy_n), step.eq(step_n), load.eq(load_n),
             credits.eq(credits_n), above1.eq(credits_n > 1), above0.eq(credits_n != 0),
@@ -575,7 +602,7 @@ class MVTU(wiring.Component):
         ``take``), with ``completing`` driven high when ``take`` brings a vector's last beat."""
         beat = Signal(self.in_width, reset_less=True)
         m.d.sync += beat.eq(self.i_stream.p.data)
-        _, count_last, _, _ = wrap_counter(m, "count", self.beats, take)
+        count_last = wrap_counter(m, "count", self.beats, take).last
         m.d.comb += completing.eq(take & count_last)
         return beat
 
@@ -601,9 +628,10 @@ class MVTU(wiring.Component):
         beat = self._beat(m, take, completing)
         written = Signal()
         m.d.sync += written.eq(take)
-        _, lane_last, lane_last_n, _ = wrap_counter(m, "wlane", lanes, written)
-        ends = written & lane_last  # the beat register holds a slice's last beat
-        slot, slot_last, _, slot_next = wrap_counter(m, "wslot", sf_n, ends)
+        wlane = wrap_counter(m, "wlane", lanes, written)
+        ends = written & wlane.last  # the beat register holds a slice's last beat
+        wslot = wrap_counter(m, "wslot", sf_n, ends)
+        slot, slot_last, slot_next = wslot.value, wslot.last, wslot.value_next
         wbank, rbank = Signal(), Signal(init=1)
         wbank_next, rbank_next = wbank ^ (ends & slot_last), rbank ^ load
         m.d.sync += [wbank.eq(wbank_next), rbank.eq(rbank_next)]
@@ -614,7 +642,7 @@ class MVTU(wiring.Component):
             gathered = Cat(gather, beat)
         depth = 2 << ceil_log2(sf_n)
         chunks = copies_for(slice_bits)
-        wes = replicated(m, "x_we", take & lane_last_n, chunks, reset_less=True)
+        wes = replicated(m, "x_we", take & wlane.last_next, chunks, reset_less=True)
         waddrs = replicated(m, "x_waddr", Cat(slot_next[:len(slot)], wbank_next), chunks,
                             reset_less=True)
         raddrs = replicated(m, "x_raddr", Cat(sf_next[:len(sf)], rbank_next), chunks,
@@ -793,29 +821,90 @@ def _pair_read(m: Module, name: str, words: list[int], width: int,
     return Cat(parts)
 
 
-def wrap_counter(m: Module, name: str, n: int,
-                 advance: Value) -> tuple[Signal, Signal, Signal, Value]:
-    """A counter over ``range(n)`` that steps (wrapping to 0) when ``advance`` is high, with its
-    wrap flag kept as a register.
+class _IssueState(NamedTuple):
+    """The registers of an MVTU's S0 that decide its steps and loads (0/1 ints, or Amaranth
+    values)."""
 
-    Returns ``(value, last, last_next, value_next)``: ``last`` is the registered ``value ==
-    n - 1``, and ``last_next`` its next value, a single LUT of ``advance``, ``last`` and the
-    registered ``value == n - 2``; no comparison sits behind the counter's adder.
-    ``value_next`` is what ``value`` takes at the clock edge (for copies of the register).
-    """
+    full: object     # the fill register holds a whole vector not yet loaded
+    load: object     # the compute register loads this cycle
+    busy: object     # the compute register holds a vector with steps left
+    step: object     # a step issues this cycle
+    final: object    # the step counter is at its last step
+    penult: object   # ... at its last but one
+    sf_last: object  # the slice counter is at its last slice
+    sf_penult: object
+    above1: object   # credits > 1
+    above0: object   # credits > 0
+
+
+class _Issue(NamedTuple):
+    full: object
+    busy: object
+    step: object
+    load: object
+
+
+def _issue(s: _IssueState, refund, completing, steps: int, sf_n: int, shifting: bool,
+           mux=Mux) -> _Issue:
+    """S0's next state from its registers, this cycle's credit ``refund`` and ``completing``
+    (a taken beat ends a vector), on Amaranth values or, with ``mux=_int_mux``, 0/1 ints.
+
+    A step needs a credit when it completes an output beat (its slice is the last); the
+    compute register loads the filled vector when it is idle after this cycle or its next
+    step is its final one. Without :meth:`MVTU.loads_shifting`, a vector still being
+    shifted in is not loaded."""
+    consume = s.step & s.sf_last
+    final_n = _wrap_last(s.step, s.final, s.penult, steps, mux)
+    sf_last_n = _wrap_last(s.step, s.sf_last, s.sf_penult, sf_n, mux)
+    full_n = (s.full & (s.load ^ 1)) | completing
+    busy_n = s.load | (s.busy & ((s.step & s.final) ^ 1))
+    credit_n = mux(refund & (consume ^ 1), 1, mux(consume & (refund ^ 1), s.above1, s.above0))
+    step_n = busy_n & ((sf_last_n ^ 1) | credit_n)
+    load_n = full_n & ((busy_n ^ 1) | (step_n & final_n)) & (int(shifting) | (completing ^ 1))
+    return _Issue(full_n, busy_n, step_n, load_n)
+
+
+class Counter(NamedTuple):
+    """The signals of a :func:`wrap_counter`."""
+
+    #: The count.
+    value: Signal
+    #: Registered ``value == n - 1``.
+    last: Signal
+    #: What ``last`` takes at the clock edge: one LUT of the advance, ``last`` and ``penult``.
+    last_next: Signal
+    #: What ``value`` takes at the clock edge (for copies of the register).
+    value_next: Value
+    #: Registered ``value == n - 2``.
+    penult: Signal
+    #: What ``penult`` takes at the clock edge.
+    penult_next: Value
+
+
+def wrap_counter(m: Module, name: str, n: int, advance: Value) -> Counter:
+    """A counter over ``range(n)`` that steps (wrapping to 0) when ``advance`` is high, with its
+    wrap flag kept as a register, and the flag's own look-ahead (``value == n - 2``) too, so
+    no comparison sits behind the counter's adder."""
     value = Signal(range(n), name=name)
     last = Signal(init=n == 1, name=f"{name}_last")
     penult = Signal(init=n == 2, name=f"{name}_penult")
     last_next = Signal(name=f"{name}_last_next")
     value_next = Mux(advance, Mux(last, 0, value + 1), value)
-    m.d.comb += last_next.eq(Mux(advance, Mux(last, n == 1, penult), last))
-    m.d.sync += value.eq(value_next)
-    with m.If(advance):
-        m.d.sync += [
-            last.eq(last_next),
-            penult.eq(Mux(last, n == 2, value == n - 3) if n >= 3 else Mux(last, n == 2, 0)),
-        ]
-    return value, last, last_next, value_next
+    penult_step = Mux(last, n == 2, value == n - 3) if n >= 3 else Mux(last, n == 2, 0)
+    penult_next = Mux(advance, penult_step, penult)
+    m.d.comb += last_next.eq(_wrap_last(advance, last, penult, n))
+    m.d.sync += [value.eq(value_next), last.eq(last_next), penult.eq(penult_next)]
+    return Counter(value, last, last_next, value_next, penult, penult_next)
+
+
+def _wrap_last(advance, last, penult, n: int, mux=Mux):
+    """The next wrap flag of a counter over ``range(n)``, from its advance and flags (Amaranth
+    values, or 0/1 ints with ``mux=_int_mux``)."""
+    return mux(advance, mux(last, int(n == 1), penult), last)
+
+
+def _int_mux(sel: int, a: int, b: int) -> int:
+    return a if sel else b
 
 
 def _rom(m: Module, name: str, words: list[int], width: int, addr: Value) -> Value:

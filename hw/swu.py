@@ -158,11 +158,11 @@ class SlidingWindow(wiring.Component):
         # The walk's counters keep their wrap flags in registers (wrap_counter), so the address
         # step below is chosen by flip-flops, then added in two parallel carry chains.
         row_end, win_last, frame_end = Signal(), Signal(), Signal()
-        b, last_b, _, _ = wrap_counter(m, "b", nb, issue)
-        kx, last_kx, _, _ = wrap_counter(m, "kx", k, issue & last_b)
-        ky, last_ky, _, _ = wrap_counter(m, "ky", k, issue & row_end)
-        ox, last_ox, _, _ = wrap_counter(m, "ox", ow, issue & win_last)
-        oy, last_row, _, _ = wrap_counter(m, "oy", oh, issue & frame_end)
+        b, last_b, *_ = wrap_counter(m, "b", nb, issue)
+        kx, last_kx, *_ = wrap_counter(m, "kx", k, issue & last_b)
+        ky, last_ky, *_ = wrap_counter(m, "ky", k, issue & row_end)
+        ox, last_ox, *_ = wrap_counter(m, "ox", ow, issue & win_last)
+        oy, last_row, *_ = wrap_counter(m, "oy", oh, issue & frame_end)
         m.d.comb += [
             row_end.eq(last_b & last_kx),
             win_last.eq(row_end & last_ky),
