@@ -345,6 +345,7 @@ def _run_tools(board, factory, out, *, name, progress, seed) -> dict:
             # A small design can reach router2's own limit between two looks and fail.
             ripup = code is not None and not (code != 0 and _ripup_stalled(log))
             if not ripup:
+                log.replace(out / f"{name}_ripup.tim")  # kept for a look at the attempt
                 code, again = _run_step(argv, out, env, console)
                 seconds[step] += again
         else:

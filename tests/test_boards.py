@@ -487,6 +487,7 @@ def test_build_timing_fail_at_pll_clock(tmp_path):
     assert not report["timing_met"] and report["fmax_mhz"] < 400 == report["target_mhz"]
     # The rip-up could not make 400 MHz: given up, routed again without it.
     assert report["tmg_ripup"] is False
+    assert list((tmp_path / "lax").glob("*_ripup.tim"))  # the attempt's log, kept
 
 
 @pytest.mark.slow
