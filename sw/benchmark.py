@@ -76,13 +76,14 @@ def simulate_net(out: Path, frames: int, seed: int = 0) -> dict:
     return result
 
 
-def build_net(out: Path, board: str, target_mhz: float) -> dict:
-    """Bitstream for ``board`` at ``target_mhz``; timing failures are reported, not raised."""
+def build_net(out: Path, board: str, target_mhz: float, seeds: int = 1) -> dict:
+    """Bitstream for ``board`` at ``target_mhz``, trying up to ``seeds`` placement seeds;
+    timing failures are reported, not raised."""
     from .bitstream import build_bitstream
 
     start = time.perf_counter()
     report = build_bitstream(out, board, target_mhz=target_mhz, allow_timing_fail=True,
-                             progress=_say)
+                             seeds=seeds, progress=_say)
     report["build_wall_seconds"] = round(time.perf_counter() - start, 1)
     return report
 
@@ -171,16 +172,21 @@ def main(argv: list[str] | None = None) -> int:
                         "folding that fits the board (e.g. sfc=64 for a design that routes "
                         "in minutes)")
     p.add_argument("--no-build", action="store_true", help="skip the bitstreams")
+    p.add_argument("--seeds", default="", metavar="NET=N,...",
+                   help="try up to N nextpnr placement seeds for these networks until one "
+                        "meets the clock (e.g. sfc=3); one otherwise")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--no-lanecost", action="store_true")
     p.add_argument("-o", "--output", default="runs/bench")
     p.add_argument("--docs", default="docs/benchmark.md")
     args = p.parse_args(argv)
-    try:
-        cycles = {k.strip(): int(v) for k, v in (item.split("=") for item in
-                                                   args.cycles.split(",") if item)}
-    except ValueError:
-        p.error(f"--cycles {args.cycles!r}: expected NET=N[,NET=N...]")
+    cycles, seeds = {}, {}
+    for flag, text, into in (("--cycles", args.cycles, cycles), ("--seeds", args.seeds, seeds)):
+        try:
+            into.update({k.strip(): int(v) for k, v in (item.split("=") for item in
+                                                        text.split(",") if item)})
+        except ValueError:
+            p.error(f"{flag} {text!r}: expected NET=N[,NET=N...]")
     root = Path(args.output)
     rows = []
     for name in [n for n in args.nets.split(",") if n]:
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         row["sim"] = simulate_net(out, args.frames)
         if not args.no_build:
             _say(f"[bench] {name}: bitstream at {args.target_mhz:g} MHz")
-            row["build"] = build_net(out, args.board, args.target_mhz)
+            row["build"] = build_net(out, args.board, args.target_mhz, seeds.get(name, 1))
         rows.append(row)
     for name in [n for n in args.cycle_nets.split(",") if n]:
         out = root / name

@@ -23,12 +23,13 @@ __all__ = ["DEFAULT_BAUD", "build_bitstream", "program_board"]
 DEFAULT_BAUD = 1_000_000
 
 _REPORT_KEYS = ("board", "part", "lut4", "ff", "ebr", "dsp", "ccu2", "fmax_mhz", "target_mhz",
-                "timing_met", "bitstream", "seconds", "cached", "critical_path")
+                "timing_met", "bitstream", "seconds", "cached", "critical_path", "placer",
+                "tmg_ripup", "seed", "seed_tries")
 
 
 def build_bitstream(build: Path, board: str, *, baud: int | None = None,
                     target_mhz: float | None = None, allow_timing_fail: bool = False,
-                    progress: Callable[[str], None] | None = None) -> dict:
+                    seeds: int = 1, progress: Callable[[str], None] | None = None) -> dict:
     """Build the bitstream of ``build`` for ``board``; returns the merged report.
 
     With ``allow_timing_fail`` a design that misses its clock still gets its bitstream and
@@ -64,7 +65,7 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     out = Path(build) / info.name
     report = board_build(info, top, out, name="bnnflow_top", progress=step,
                          target_mhz=target_mhz, design_key=f"{manifest.design_id}:{baud}",
-                         allow_timing_fail=allow_timing_fail)
+                         allow_timing_fail=allow_timing_fail, seeds=seeds)
     shutil.copyfile(report["bitstream"], Path(build) / f"{info.name}.bit")
     fields = {k: report.get(k) for k in _REPORT_KEYS if k in report}
     fields["baud"] = baud

@@ -243,7 +243,8 @@ def cmd_build(args) -> None:
     from .bitstream import build_bitstream
 
     report = build_bitstream(Path(args.build), args.board, baud=args.baud,
-                             target_mhz=args.target_mhz, progress=None if args.quiet else _say)
+                             target_mhz=args.target_mhz, seeds=args.seeds,
+                             progress=None if args.quiet else _say)
     keys = ("lut4", "ff", "ebr", "dsp", "fmax_mhz", "target_mhz")
     print(" ".join(f"{k}={report.get(k)}" for k in keys) + f"; bitstream {report['bitstream']}")
 
@@ -413,6 +414,9 @@ def _parser() -> argparse.ArgumentParser:
                                                      "board oscillator)")
     b.add_argument("--baud", type=int, help="host link baud rate (default 1 Mbaud, capped at "
                                             "the board's bridge)")
+    b.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="try up to N nextpnr placement seeds until one meets the clock; keep "
+                        "the fastest (default 1)")
     b.set_defaults(func=cmd_build)
 
     pr = sub.add_parser("program", help="load a bitstream onto a board with openFPGALoader")

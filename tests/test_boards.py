@@ -456,6 +456,18 @@ def test_build_colorlight_i5_pll_and_cache(tmp_path):
     for product in again["files"].values():
         assert (tmp_path / "again" / product).exists(), product
 
+    assert first["seed"] is None and [t["seed"] for t in first["seed_tries"]] == [None]
+
+    # A sweep stops at the first seed that meets the clock, and is another cache entry.
+    swept = build("colorlight-i5", lambda board: Counter(16), tmp_path / "swept",
+                  target_mhz=125, design_key="counter16", cache_dir=tmp_path / "cache",
+                  seeds=3)
+    assert swept["cached"] is False and swept["cache_key"] != first["cache_key"]
+    assert swept["seed"] == 1 and len(swept["seed_tries"]) == 1 and swept["timing_met"]
+    assert (tmp_path / "swept" / "bnnflow_top.config").exists()
+    with pytest.raises(ValueError, match="seeds must be at least 1, not 0"):
+        build("colorlight-i5", lambda board: Counter(16), tmp_path / "none", seeds=0)
+
     # Another clock is another bitstream.
     other = build("colorlight-i5", lambda board: Counter(16), tmp_path / "other",
                   target_mhz=100, design_key="counter16", cache_dir=tmp_path / "cache")
@@ -488,6 +500,17 @@ def test_build_timing_fail_at_pll_clock(tmp_path):
     # The rip-up could not make 400 MHz: given up, routed again without it.
     assert report["tmg_ripup"] is False
     assert list((tmp_path / "lax").glob("*_ripup.tim"))  # the attempt's log, kept
+
+    # Two seeds, neither makes it: both run, the faster is kept under the usual names.
+    swept = build("orangecrab-25f", lambda board: Multipliers(4), tmp_path / "swept",
+                  target_mhz=400, allow_timing_fail=True, seeds=2, seed=5)
+    runs = swept["seed_tries"]
+    assert [t["seed"] for t in runs] == [5, 6] and not swept["timing_met"]
+    assert swept["seed"] == max(runs, key=lambda t: t["fmax_mhz"])["seed"]
+    assert swept["fmax_mhz"] == max(t["fmax_mhz"] for t in runs)
+    other = 11 - swept["seed"]
+    assert (tmp_path / "swept" / f"bnnflow_top_seed{other}.tim").exists()
+    assert not (tmp_path / "swept" / f"bnnflow_top_seed{swept['seed']}.tim").exists()
 
 
 @pytest.mark.slow
