@@ -214,3 +214,22 @@ def test_bitstream_build_grows_with_the_network(build, tmp_path):
     # The TFC's 3 x 64 x 64 + 640 weights must be there in logic or block RAM.
     assert tfc["lut4"] > small["lut4"] + 1500
     assert tfc["ff"] > small["ff"]
+
+
+def test_build_passes_seeds(monkeypatch, tmp_path, capsys):
+    """`bnnflow build --seeds N` reaches the build; the default is one placement."""
+    import bnnflow.bitstream
+    from bnnflow.cli import main
+
+    calls = []
+
+    def fake(build, board, **kwargs):
+        calls.append(kwargs)
+        return {"lut4": 1, "ff": 2, "ebr": 0, "dsp": 0, "fmax_mhz": 130.0, "target_mhz": 125.0,
+                "bitstream": str(tmp_path / "x.bit")}
+
+    monkeypatch.setattr(bnnflow.bitstream, "build_bitstream", fake)
+    assert main(["build", str(tmp_path), "--target-mhz", "125", "--seeds", "3"]) in (0, None)
+    assert main(["build", str(tmp_path)]) in (0, None)
+    assert [c["seeds"] for c in calls] == [3, 1] and calls[0]["target_mhz"] == 125.0
+    assert "fmax_mhz=130.0" in capsys.readouterr().out
