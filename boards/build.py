@@ -320,7 +320,8 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
     env = toolchain_env(BUILD_TOOLS)
     progress = progress or (lambda step, seconds: None)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", f"{name}_nextpnr.json", f"{name}.config", f"{name}.bit"):
+    for stale in ("report.json", f"{name}_nextpnr.json", f"{name}.config", f"{name}.bit",
+                  f"{name}_ripup.tim", *(p.name for p in out.glob(f"{name}_seed*"))):
         (out / stale).unlink(missing_ok=True)
 
     seconds = {}

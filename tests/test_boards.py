@@ -501,7 +501,10 @@ def test_build_timing_fail_at_pll_clock(tmp_path):
     assert report["tmg_ripup"] is False
     assert list((tmp_path / "lax").glob("*_ripup.tim"))  # the attempt's log, kept
 
-    # Two seeds, neither makes it: both run, the faster is kept under the usual names.
+    # Two seeds, neither makes it: both run, the faster is kept under the usual names; an
+    # earlier build's seed products do not survive.
+    (tmp_path / "swept").mkdir()
+    (tmp_path / "swept" / "bnnflow_top_seed7_ripup.tim").write_text("stale")
     swept = build("orangecrab-25f", lambda board: Multipliers(4), tmp_path / "swept",
                   target_mhz=400, allow_timing_fail=True, seeds=2, seed=5)
     runs = swept["seed_tries"]
@@ -511,6 +514,7 @@ def test_build_timing_fail_at_pll_clock(tmp_path):
     other = 11 - swept["seed"]
     assert (tmp_path / "swept" / f"bnnflow_top_seed{other}.tim").exists()
     assert not (tmp_path / "swept" / f"bnnflow_top_seed{swept['seed']}.tim").exists()
+    assert not (tmp_path / "swept" / "bnnflow_top_seed7_ripup.tim").exists()
 
 
 @pytest.mark.slow
