@@ -265,18 +265,18 @@ def build(board_name: str | BoardInfo,
     """
     board = get_board(board_name).with_clock(target_mhz)
     out = Path(build_dir).absolute()
+    tried = _seed_list(seed, seeds)
     key = None
     if design_key is not None:
         cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
-        key = cache.cache_key(design_key, board, name=name,
-                              seed=seed if seeds == 1 else _seed_list(seed, seeds))
+        key = cache.cache_key(design_key, board, name=name, seed=seed if seeds == 1 else tried)
         if (entry := cache.lookup(cache_dir, key)) is not None:
             report = cache.restore(entry, out)
             _check_timing(report, board, out, allow_timing_fail)
             return report
 
     report = _run_tools(board, top_component_factory, out, name=name, progress=progress,
-                        seeds=_seed_list(seed, seeds))
+                        seeds=tried)
     report["cached"] = False
     report["cache_key"] = key
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -343,7 +343,7 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
     commands = json.loads((out / f"{plan.script}.json").read_text())["commands"]
     outreg = None  # what absorb_output_registers did, after the yosys step
     netlist = placer = None  # Yosys' cell count and the placer it decides, after that step
-    tries = None  # nextpnr's runs, one per seed tried, after that step
+    tries = kept = None  # nextpnr's runs, one per seed tried, and the one kept
     for tool, *args in commands:
         step, log_suffix = _STEPS[tool]
         argv = [env[tool.upper().replace("-", "_")], *args]
@@ -351,8 +351,8 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
         console = out / f"{name}_{step}.out"
         if step == "nextpnr":
             argv += ["--placer", placer]
-            code, seconds[step], tries = _place_and_route_seeds(argv, out, env, console, name,
-                                                                 seeds, board.clk_freq / 1e6)
+            code, seconds[step], tries, kept = _place_and_route_seeds(
+                argv, out, env, console, name, seeds, board.clk_freq / 1e6)
         else:
             code, seconds[step] = _run_step(argv, out, env, console)
         if code != 0:
@@ -366,7 +366,6 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
     seconds["total"] = sum(seconds.values())
     report = _report(board, name, out, seconds, outreg, netlist)
     report["placer"] = placer
-    kept = max(tries, key=lambda t: t["fmax_mhz"])
     # The seed of the kept run (None: nextpnr's default), whether its routing kept the
     # timing-driven rip-up or gave it up (TMG_RIPUP_MAX_ITER), and every run tried.
     report["seed"], report["tmg_ripup"] = kept["seed"], kept["tmg_ripup"]
@@ -399,15 +398,16 @@ def _place_and_route(argv, out, env, console, name):
 def _place_and_route_seeds(argv, out, env, console, name, seeds, target_mhz):
     """:func:`_place_and_route` once per placement seed in ``seeds`` (``None``: nextpnr's
     default), stopping at the first that meets ``target_mhz``; the products of the fastest are
-    left under their usual names. Returns ``(exit code, seconds, runs)``, the runs as
-    ``{"seed", "fmax_mhz", "tmg_ripup", "seconds"}``, or stops at the first failing run."""
+    left under their usual names. Returns ``(exit code, seconds, runs, the run kept)``, the
+    runs as ``{"seed", "fmax_mhz", "tmg_ripup", "seconds"}``, or stops at the first failing
+    run (none kept)."""
     tries, total = [], 0.0
     for seed in seeds:
         code, seconds, ripup = _place_and_route(
             [*argv, *([] if seed is None else ["--seed", str(seed)])], out, env, console, name)
         total += seconds
         if code != 0:
-            return code, total, tries
+            return code, total, tries, None
         log = parse_nextpnr_log((out / f"{name}.tim").read_text(errors="replace"))
         report = parse_nextpnr_report(out / f"{name}_nextpnr.json")
         _, fmax = _sync_clock(report["fmax"] or log["fmax"], target_mhz)
@@ -419,12 +419,12 @@ def _place_and_route_seeds(argv, out, env, console, name, seeds, target_mhz):
                     (out / f"{name}{suffix}").replace(out / f"{name}_seed{seed}{suffix}")
         if fmax["achieved"] >= target_mhz:
             break
+    kept = max(tries, key=lambda t: t["fmax_mhz"])
     if len(seeds) > 1:
-        best = max(tries, key=lambda t: t["fmax_mhz"])["seed"]
         for suffix in _PNR_PRODUCTS:
-            if (out / f"{name}_seed{best}{suffix}").exists():
-                (out / f"{name}_seed{best}{suffix}").replace(out / f"{name}{suffix}")
-    return 0, total, tries
+            if (out / f"{name}_seed{kept['seed']}{suffix}").exists():
+                (out / f"{name}_seed{kept['seed']}{suffix}").replace(out / f"{name}{suffix}")
+    return 0, total, tries, kept
 
 
 #: Share of the device's LUT4 up to which a design is placed by nextpnr's static
