@@ -16,13 +16,14 @@ Datapath, one register stage per line::
     S2  block RAM data registered in the block, or the LUT ROM's address again
     S3  block RAM data (its bank picked) on its way to the lanes, or the LUT ROM's address copies
     S4  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
-    P1…Pk  PE adder trees over xnor(w, x), a register every 2 adder levels (k = tree_stages)
+    P1…Pk  PE adder trees over xnor(w, x): two adder levels, then a register after each
+           (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
 
 Design choices:
 
-* Every stage is a short piece of logic (at most two adder levels, one carry-chain add, or
+* Every stage is a short piece of logic (the first two adder levels, one carry-chain add, or
   one compare), so the unit is not what limits the clock; the price is ``k + 9`` cycles of
   latency (:meth:`MVTU.pipeline_latency`, counted from the input beat to the output), the
   same whatever the weight storage, plus one where the steps outnumber the input beats
@@ -93,7 +94,8 @@ from . import storage
 from .fanout import FANOUT, copies_for, replicated
 from .popcount import adder_tree, popcount_width, tree_stages, xnor_pairs
 
-__all__ = ["beat_layout", "OutputQueue", "output_queue", "MVTU", "pick_bits", "rom_value"]
+__all__ = ["beat_layout", "beat_ports", "OutputQueue", "output_queue", "MVTU", "pick_bits",
+           "rom_value"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -110,6 +112,15 @@ def beat_layout(width: int) -> data.StructLayout:
         ``{"data": unsigned(width), "last": unsigned(1)}``.
     """
     return data.StructLayout({"data": unsigned(width), "last": unsigned(1)})
+
+
+def beat_ports(width: int) -> dict:
+    """The ports of a block that passes :func:`beat_layout` beats of ``width`` data bits:
+    ``i_stream`` in and ``o_stream`` out, for ``wiring.Component.__init__``."""
+    return {
+        "i_stream": In(stream.Signature(beat_layout(width))),
+        "o_stream": Out(stream.Signature(beat_layout(width))),
+    }
 
 
 @dataclass
@@ -295,9 +306,10 @@ class MVTU(wiring.Component):
     def queue_depth(simd: int, sf: int) -> int:
         """Entries of the output queue: enough beats for the results in flight while their
         credits travel back (:attr:`latency` cycles plus the three of the credit loop), so the
-        pipeline never waits for a credit while the output is ready; between 2 and 16 (a
-        16-word queue is one LUT RAM per 4 bits)."""
-        return min(16, max(2, -(-(MVTU.pipeline_latency(simd) + 3) // sf) + 1))
+        pipeline never waits for a credit while the output is ready; between 2 and 32 (16
+        words are one LUT RAM per 4 bits, 32 two; only a layer of one step per output beat
+        and a deep adder tree needs more than 16)."""
+        return min(32, max(2, -(-(MVTU.pipeline_latency(simd) + 3) // sf) + 1))
 
     @property
     def cycles(self) -> int:

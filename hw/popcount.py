@@ -5,23 +5,42 @@ The XNOR-popcount is the inner loop of every binarized layer: each PE lane count
 adders, and because every adder only sees operands as wide as the count beneath it, the first
 levels are 1- and 2-bit additions that fit a LUT4 each.
 
-For speed the tree is cut into register stages of :data:`LEVELS_PER_STAGE` adder levels
-(:func:`adder_tree`): on ECP5 a level costs a LUT or a short carry chain plus routing, about
-1.5-2 ns on paper, but Yosys/ABC merges three levels into chains of LUTs and PFUMXes that
-measured 10 ns in a placed 10k-LUT design (SFC at 256 cycles), so two levels per stage keep
-the 8 ns of 125 MHz. The registers advance every cycle (the MVTU never stalls behind its
-issue stage), or on an enable if one is given.
+For speed the tree is cut into register stages (:func:`adder_tree`, :data:`LEVELS_PER_STAGE`):
+two adder levels in the first stage, one in each after it. On ECP5 a level costs a LUT or a
+short carry chain plus routing, about 1.5-2 ns on paper, but Yosys/ABC merges three levels
+into chains of LUTs and PFUMXes that measured 10 ns in a placed 10k-LUT design (SFC at 256
+cycles), so no stage has more than two. The first stage's two levels are small (2- and 3-bit
+sums, or the 2-bit counts of :func:`xnor_pairs` plus two) and ABC maps them well into LUTs;
+a register after each later level leaves each of those a single carry-chain adder, and it
+also takes fewer LUTs than two levels per stage: where a stage held two wide levels ABC
+merged them into LUT logic instead of carry chains. Measured with ``synth_ecp5`` on single
+MVTUs (LUT4 slots, two per CCU2C; FF), two levels everywhere against ``(2, 1)``:
+
+=====================  =================  =================
+MVTU                   ``2``              ``(2, 1)``
+=====================  =================  =================
+bram 8 x 392, 64 deep  10,821 / 15,142    10,309 / 16,676
+bram 8 x 128, 64 deep  3,644 / 5,180      3,494 / 5,632
+bram 4 x 384, 96 deep  5,346 / 8,814      5,094 / 9,563
+lut 16 x 192, 12 deep  11,360 / 8,351     10,818 / 10,727
+const 8 x 392          7,227 / 6,310      6,569 / 8,686
+=====================  =================  =================
+
+The flip-flops cost no slices of their own: a carry cell's slice has two unused ones. The
+registers advance every cycle (the MVTU never stalls behind its issue stage), or on an enable
+if one is given.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Signal, Value, ValueLike
 
-__all__ = ["LEVELS_PER_STAGE", "popcount", "popcount_width", "tree_levels", "tree_stages",
-           "adder_tree", "xnor_pairs"]
+__all__ = ["LEVELS_PER_STAGE", "popcount", "popcount_width", "tree_levels", "stage_levels",
+           "tree_stages", "adder_tree", "xnor_pairs"]
 
-#: Adder levels between two pipeline registers of :func:`adder_tree`.
-LEVELS_PER_STAGE = 2
+#: Adder levels of each register stage of :func:`adder_tree`: the first stage, then every
+#: later one (:func:`stage_levels`).
+LEVELS_PER_STAGE = (2, 1)
 
 
 def popcount_width(n: int) -> int:
@@ -106,18 +125,35 @@ def tree_levels(n: int) -> int:
     return (n - 1).bit_length()
 
 
-def tree_stages(n: int, levels_per_stage: int = LEVELS_PER_STAGE) -> int:
+def stage_levels(levels: int, levels_per_stage=LEVELS_PER_STAGE) -> list[int]:
+    """Adder levels of each register stage of a tree of ``levels`` levels.
+
+    ``levels_per_stage`` is an int (every stage) or a sequence whose last entry repeats (the
+    first stage, then the next, ...). A tree of no levels still has its one register."""
+    per = [levels_per_stage] if isinstance(levels_per_stage, int) else list(levels_per_stage)
+    if not per or min(per) < 1:
+        raise ValueError(f"levels per stage must be at least 1, not {levels_per_stage}")
+    out = []
+    while levels > 0:
+        take = min(levels, per[min(len(out), len(per) - 1)])
+        out.append(take)
+        levels -= take
+    return out or [0]
+
+
+def tree_stages(n: int, levels_per_stage=LEVELS_PER_STAGE) -> int:
     """Registers on the path through :func:`adder_tree` over ``n`` terms, including the
-    final one: ``max(1, ceil(tree_levels(n) / levels_per_stage))``."""
-    return max(1, -(-tree_levels(n) // levels_per_stage))
+    final one (:func:`stage_levels` of ``tree_levels(n)``)."""
+    return len(stage_levels(tree_levels(n), levels_per_stage))
 
 
 def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str,
-               levels_per_stage: int = LEVELS_PER_STAGE, *, reset_less: bool = False) -> Signal:
-    """The registered sum of ``terms``, pipelined every ``levels_per_stage`` adder levels.
+               levels_per_stage=LEVELS_PER_STAGE, *, reset_less: bool = False) -> Signal:
+    """The registered sum of ``terms``, pipelined by ``levels_per_stage`` adder levels.
 
     Adjacent terms are added pairwise, level by level (an odd one out passes through); after
-    every ``levels_per_stage`` levels, and after the last, each partial sum is registered in
+    each stage's levels (:func:`stage_levels`), and after the last, each partial sum is
+    registered in
     the ``sync`` domain while ``en`` is high. The result is :func:`tree_stages` registers
     behind ``terms``.
 
@@ -135,7 +171,7 @@ def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str
     name
         Prefix of the register names.
     levels_per_stage
-        Adder levels between registers.
+        Adder levels per stage: an int, or a sequence whose last entry repeats.
     reset_less
         Leave the registers out of the domain's reset (a datapath whose valid flags travel
         beside it and are reset instead).
@@ -146,12 +182,11 @@ def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str
         The sum, of ``shape``.
     """
     terms = list(terms)
-    stages = tree_stages(len(terms), levels_per_stage)
+    schedule = stage_levels(tree_levels(len(terms)), levels_per_stage)
+    stages = len(schedule)
     level = 0
     for stage in range(stages):
-        for _ in range(levels_per_stage):
-            if len(terms) == 1:
-                break
+        for _ in range(schedule[stage]):
             terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                      for i in range(0, len(terms), 2)]
             level += 1

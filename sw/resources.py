@@ -266,11 +266,10 @@ class Estimate:
         raise KeyError(name)
 
 
-def tree_profile(n: int, leaf: int = 1, levels_per_stage: int | None = None
-                 ) -> tuple[int, int, int]:
+def tree_profile(n: int, leaf: int = 1, levels_per_stage=None) -> tuple[int, int, int]:
     """The pipelined adder tree of :func:`bnnflow.hw.popcount.adder_tree` over ``n`` terms of
-    ``leaf`` bits: adjacent terms added pairwise level by level, a register every
-    ``levels_per_stage`` levels.
+    ``leaf`` bits: adjacent terms added pairwise level by level, a register after each
+    stage's levels (:func:`~bnnflow.hw.popcount.stage_levels`).
 
     Returns
     -------
@@ -278,16 +277,15 @@ def tree_profile(n: int, leaf: int = 1, levels_per_stage: int | None = None
         Sum of the adders' result widths; bits of the registers between stages (the final
         result register not included); registers on the path.
     """
-    from bnnflow.hw.popcount import LEVELS_PER_STAGE, tree_stages
+    from bnnflow.hw.popcount import LEVELS_PER_STAGE, stage_levels, tree_levels
 
     per = LEVELS_PER_STAGE if levels_per_stage is None else levels_per_stage
-    stages = tree_stages(n, per)
+    schedule = stage_levels(tree_levels(n), per)
+    stages = len(schedule)
     widths = [leaf] * n
     adder_bits = reg_bits = 0
     for stage in range(stages):
-        for _ in range(per):
-            if len(widths) == 1:
-                break
+        for _ in range(schedule[stage]):
             nxt = []
             for i in range(0, len(widths), 2):
                 if i + 1 < len(widths):

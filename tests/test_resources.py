@@ -8,6 +8,7 @@ from netutil import random_conv_net, random_net
 
 from bnnflow import calibrate, resources
 from bnnflow.folding import Folding, LayerFold, default_folding
+from bnnflow.hw.popcount import stage_levels
 from bnnflow.hw.storage import weight_storage
 from bnnflow.resources import ebr_blocks, estimate, memory_map, rom_luts
 
@@ -55,8 +56,20 @@ def test_tree_profile_counts_adders_and_stage_registers():
     assert resources.tree_profile(8, levels_per_stage=3) == (4 * 2 + 2 * 3 + 4, 0, 1)
     # 16 terms: the fourth level runs after a register of the two 4-bit partial sums.
     assert resources.tree_profile(16, levels_per_stage=3) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 2 * 4, 2)
-    # Two levels per stage (the generator's): 8 terms register their two 3-bit sums.
+    # The generator's two levels, then one per stage: 8 terms register their two 3-bit sums,
+    # 16 terms their four 3-bit and then two 4-bit ones.
     assert resources.tree_profile(8) == (4 * 2 + 2 * 3 + 4, 2 * 3, 2)
+    assert resources.tree_profile(16) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 4 * 3 + 2 * 4, 3)
+
+
+def test_stage_levels():
+    assert stage_levels(0) == [0]
+    assert stage_levels(1) == [1]
+    assert stage_levels(5) == [2, 1, 1, 1]
+    assert stage_levels(5, 2) == [2, 2, 1]
+    assert stage_levels(7, (3, 2)) == [3, 2, 2]
+    with pytest.raises(ValueError, match="at least 1"):
+        stage_levels(3, (2, 0))
 
 
 def _tfc():
