@@ -30,11 +30,10 @@ Design choices:
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
 
-from .mvtu import beat_layout, output_queue, wrap_counter
+from .mvtu import beat_ports, output_queue, wrap_counter
 from .storage import port_columns
 
 __all__ = ["SlidingWindow", "QUEUE_DEPTH"]
@@ -85,10 +84,7 @@ class SlidingWindow(wiring.Component):
         self.rows = kernel + stride
         self.row_words = w * self.b
         self.depth = self.rows * self.row_words
-        super().__init__({
-            "i_stream": In(stream.Signature(beat_layout(self.width))),
-            "o_stream": Out(stream.Signature(beat_layout(self.width))),
-        })
+        super().__init__(beat_ports(self.width))
 
     @property
     def window_beats(self) -> int:

@@ -126,6 +126,25 @@ def test_max_pool(shape, k, s, elems):
     assert [int(g.data) for g in got] == [e["data"] for e in expected]
 
 
+def test_max_pool_full_rate():
+    """No idle input, no back-pressure: the OR-reduce passes one window beat per cycle, so the
+    pool's frames come as fast as its sliding window's beats (overlapping windows, so the
+    window's beats and not the input bound the rate)."""
+    shape, k, s, elems = (8, 6, 6), 2, 1, 2
+    x = (np.random.default_rng(1).random((4, *shape)) < 0.25).astype(np.uint8)
+    dut = MaxPoolUnit(shape, k, s, elems)
+    want = pixel_beats(reference._maxpool(x, MaxPool("pool", shape, k, s)), elems)
+    got, cycles = stream_through(dut, pixel_beats(x, elems), len(want), idle=0.0, stall=0.0)
+    assert [int(g.data) for g in got] == [e["data"] for e in want]
+    window = SlidingWindow(shape, k, s, 0, 0, elems)
+    _, w_cycles = stream_through(window, pixel_beats(x, elems), len(x) * window.cycles,
+                                 idle=0.0, stall=0.0)
+    pool_frames = np.diff(cycles[::len(want) // len(x)])
+    window_frames = np.diff(w_cycles[::window.cycles])
+    assert list(pool_frames) == list(window_frames)
+    assert np.all(window_frames >= window.cycles)
+
+
 def test_pixel_levels():
     levels = np.arange(256) - 100
     dut = PixelLevels(levels, 2, 8)
