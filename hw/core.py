@@ -33,9 +33,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from bnnflow import packing
@@ -43,7 +42,7 @@ from bnnflow.folding import Folding
 from bnnflow.ir import Conv, Dense, MaxPool, Network
 
 from .argmax import Argmax, result_layout, score_width
-from .framing import StreamRegister
+from .fifo import RowFifo
 from .mvtu import MVTU, beat_layout
 from .pixels import PixelLevels
 from .pool import MaxPoolUnit
@@ -293,28 +292,12 @@ def fifo_depth(layer, elems: int) -> int:
 
 
 def _row_fifo(m: Module, upstream, layer, elems: int, name: str, reset_req):
-    """Put a :func:`fifo_depth` FIFO after ``upstream``; returns its output stream."""
-    width = len(upstream.payload.as_value())
-    fifo = SyncFIFOBuffered(width=width, depth=fifo_depth(layer, elems))
+    """Put a :func:`fifo_depth` :class:`~bnnflow.hw.fifo.RowFifo` after ``upstream``;
+    returns its output stream."""
+    fifo = RowFifo(len(upstream.payload.data), fifo_depth(layer, elems))
     local_reset(m, name, fifo, reset_req)
-    m.d.comb += [
-        fifo.w_stream.payload.eq(upstream.payload.as_value()),
-        fifo.w_stream.valid.eq(upstream.valid),
-        upstream.ready.eq(fifo.w_stream.ready),
-    ]
-    # The FIFO's output is its block RAM's read data: a register slice after it, so no
-    # multiplexer of the next block follows the block's clock-to-output time (CNV's window7
-    # missed 125 MHz on that path).
-    reg = StreamRegister(unsigned(width))
-    local_reset(m, f"{name}_out", reg, reset_req)
-    wiring.connect(m, fifo.r_stream, reg.i)
-    out = stream.Signature(beat_layout(width - 1)).create(path=(name, "out"))
-    m.d.comb += [
-        out.payload.eq(reg.o.payload),
-        out.valid.eq(reg.o.valid),
-        reg.o.ready.eq(out.ready),
-    ]
-    return out
+    wiring.connect(m, upstream, fifo.i_stream)
+    return fifo.o_stream
 
 
 def generate_verilog(net: Network, folding: Folding, path, in_width: int = 8,

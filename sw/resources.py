@@ -521,18 +521,20 @@ def _window(in_shape, kernel: int, stride: int, padding: int, elems: int, eb: in
 
 def _fifo(layer, elems: int) -> dict:
     """Counted structures of the row FIFO in front of a window or pool that is not first
-    (:func:`bnnflow.hw.core.fifo_depth`; Amaranth's ``SyncFIFOBuffered``). Not calibrated:
-    its memory as Yosys maps it, two pointers and a level counter, the output register, and
-    the register slice after it (:class:`bnnflow.hw.framing.StreamRegister`)."""
+    (:class:`bnnflow.hw.fifo.RowFifo`, :func:`bnnflow.hw.core.fifo_depth`). Not calibrated:
+    its memory as Yosys maps it, two addresses and two level counters, the write and read
+    data registers, and the credit-fed output queue."""
     from bnnflow.hw.core import fifo_depth
+    from bnnflow.hw.fifo import QUEUE_DEPTH
 
     width, depth = elems + 1, fifo_depth(layer, elems)
     mem = memory_map(width, depth, writable=True)
     mem_luts = 0.0 if mem.kind == "bram" else _soft_ram_luts(mem.kind, width, depth)
-    counters = 3 * _bits(depth + 1)
+    counters = 4 * _bits(depth + 1)
     soft = width * depth if mem.kind == "logic" else 0
-    return {"lut": {"fifo.luts": mem_luts + 2 * counters},
-            "ff": {"fifo.regs": counters + 3 * width + 1 + soft},
+    queue_luts, queue_regs = _queue(width, QUEUE_DEPTH)
+    return {"lut": {"fifo.luts": mem_luts + 2 * counters + queue_luts},
+            "ff": {"fifo.regs": counters + 2 * width + width + 4 + soft + queue_regs},
             "ebr": mem.ebr}
 
 
