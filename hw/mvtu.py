@@ -16,14 +16,13 @@ Datapath, one register stage per line::
     S2  block RAM data registered in the block, or the LUT ROM's address again
     S3  block RAM data (its bank picked) on its way to the lanes, or the LUT ROM's address copies
     S4  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
-    P1…Pk  PE adder trees over xnor(w, x): two adder levels, then a register after each
-           (k = tree_stages)
+    P1…Pk  PE adder trees over xnor(w, x), a register every 2 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
 
 Design choices:
 
-* Every stage is a short piece of logic (the first two adder levels, one carry-chain add, or
+* Every stage is a short piece of logic (at most two adder levels, one carry-chain add, or
   one compare), so the unit is not what limits the clock; the price is ``k + 9`` cycles of
   latency (:meth:`MVTU.pipeline_latency`, counted from the input beat to the output), the
   same whatever the weight storage, plus one where the steps outnumber the input beats

@@ -5,30 +5,23 @@ The XNOR-popcount is the inner loop of every binarized layer: each PE lane count
 adders, and because every adder only sees operands as wide as the count beneath it, the first
 levels are 1- and 2-bit additions that fit a LUT4 each.
 
-For speed the tree is cut into register stages (:func:`adder_tree`, :data:`LEVELS_PER_STAGE`):
-two adder levels in the first stage, one in each after it. On ECP5 a level costs a LUT or a
-short carry chain plus routing, about 1.5-2 ns on paper, but Yosys/ABC merges three levels
-into chains of LUTs and PFUMXes that measured 10 ns in a placed 10k-LUT design (SFC at 256
-cycles), so no stage has more than two. The first stage's two levels are small (2- and 3-bit
-sums, or the 2-bit counts of :func:`xnor_pairs` plus two) and ABC maps them well into LUTs;
-a register after each later level leaves each of those a single carry-chain adder, and it
-also takes fewer LUTs than two levels per stage: where a stage held two wide levels ABC
-merged them into LUT logic instead of carry chains. Measured with ``synth_ecp5`` on single
-MVTUs (LUT4 slots, two per CCU2C; FF), two levels everywhere against ``(2, 1)``:
+For speed the tree is cut into register stages of :data:`LEVELS_PER_STAGE` adder levels
+(:func:`adder_tree`): on ECP5 a level costs a LUT or a short carry chain plus routing, about
+1.5-2 ns on paper, but Yosys/ABC merges three levels into chains of LUTs and PFUMXes that
+measured 10 ns in a placed 10k-LUT design (SFC at 256 cycles), so two levels per stage keep
+the 8 ns of 125 MHz. The registers advance every cycle (the MVTU never stalls behind its
+issue stage), or on an enable if one is given.
 
-=====================  =================  =================
-MVTU                   ``2``              ``(2, 1)``
-=====================  =================  =================
-bram 8 x 392, 64 deep  10,821 / 15,142    10,309 / 16,676
-bram 8 x 128, 64 deep  3,644 / 5,180      3,494 / 5,632
-bram 4 x 384, 96 deep  5,346 / 8,814      5,094 / 9,563
-lut 16 x 192, 12 deep  11,360 / 8,351     10,818 / 10,727
-const 8 x 392          7,227 / 6,310      6,569 / 8,686
-=====================  =================  =================
-
-The flip-flops cost no slices of their own: a carry cell's slice has two unused ones. The
-registers advance every cycle (the MVTU never stalls behind its issue stage), or on an enable
-if one is given.
+A schedule of two levels in the first stage and one in each after it (``(2, 1)``, see
+:func:`stage_levels`) was measured and not taken. Yosys then maps every later level to its
+own carry chain, and ``synth_ecp5`` counts fewer LUT4 slots (LUT4 + 2 per CCU2C) on single
+MVTUs: 10,821 -> 10,309 (bram 8 x 392, 64 deep), 3,644 -> 3,494 (bram 8 x 128), 5,346 ->
+5,094 (bram 4 x 384), 11,360 -> 10,818 (lut 16 x 192), 7,227 -> 6,569 (const 8 x 392), for
+10-38 % more flip-flops. But nextpnr's packer adds a feed-in or feed-out carry cell to most
+of those short chains (where a carry-out leaves the chain, as an adder's top sum bit
+does): after packing, the bram 8 x 392 MVTU takes 11,949 TRELLIS_COMB against 11,437, and
+the whole SFC board design 22,419 against 21,544, which is 0.697 frames/s per LUT·MHz at 64
+cycles instead of 0.725.
 """
 
 from __future__ import annotations
@@ -38,9 +31,9 @@ from amaranth.hdl import Cat, Const, Module, Signal, Value, ValueLike
 __all__ = ["LEVELS_PER_STAGE", "popcount", "popcount_width", "tree_levels", "stage_levels",
            "tree_stages", "adder_tree", "xnor_pairs"]
 
-#: Adder levels of each register stage of :func:`adder_tree`: the first stage, then every
-#: later one (:func:`stage_levels`).
-LEVELS_PER_STAGE = (2, 1)
+#: Adder levels of each register stage of :func:`adder_tree` (an int: every stage; a sequence:
+#: the first stage, the next, ... with the last repeating, :func:`stage_levels`).
+LEVELS_PER_STAGE = 2
 
 
 def popcount_width(n: int) -> int:

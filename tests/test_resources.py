@@ -56,17 +56,19 @@ def test_tree_profile_counts_adders_and_stage_registers():
     assert resources.tree_profile(8, levels_per_stage=3) == (4 * 2 + 2 * 3 + 4, 0, 1)
     # 16 terms: the fourth level runs after a register of the two 4-bit partial sums.
     assert resources.tree_profile(16, levels_per_stage=3) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 2 * 4, 2)
-    # The generator's two levels, then one per stage: 8 terms register their two 3-bit sums,
-    # 16 terms their four 3-bit and then two 4-bit ones.
+    # Two levels per stage (the generator's): 8 terms register their two 3-bit sums, 16 terms
+    # their four 3-bit ones; two levels, then one per stage, registers the two 4-bit ones too.
     assert resources.tree_profile(8) == (4 * 2 + 2 * 3 + 4, 2 * 3, 2)
-    assert resources.tree_profile(16) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 4 * 3 + 2 * 4, 3)
+    assert resources.tree_profile(16) == (8 * 2 + 4 * 3 + 2 * 4 + 5, 4 * 3, 2)
+    assert resources.tree_profile(16, levels_per_stage=(2, 1)) == (
+        8 * 2 + 4 * 3 + 2 * 4 + 5, 4 * 3 + 2 * 4, 3)
 
 
 def test_stage_levels():
     assert stage_levels(0) == [0]
     assert stage_levels(1) == [1]
-    assert stage_levels(5) == [2, 1, 1, 1]
-    assert stage_levels(5, 2) == [2, 2, 1]
+    assert stage_levels(5) == [2, 2, 1]
+    assert stage_levels(5, (2, 1)) == [2, 1, 1, 1]
     assert stage_levels(7, (3, 2)) == [3, 2, 2]
     with pytest.raises(ValueError, match="at least 1"):
         stage_levels(3, (2, 0))
