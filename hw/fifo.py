@@ -23,12 +23,12 @@ from amaranth.lib.memory import Memory
 
 from .mvtu import beat_ports, output_queue
 from .storage import port_columns
+from .swu import QUEUE_DEPTH
 
 __all__ = ["RowFifo", "QUEUE_DEPTH"]
 
-#: Entries of the output queue: a credit comes back five cycles after its read was issued
-#: (issue, block read, data register, queue, refund), so seven keep one beat per cycle.
-QUEUE_DEPTH = 7
+# Entries of the output queue: the credit loop is the sliding window's (issue, block read,
+# data register, queue, refund), so it takes the same depth.
 
 
 class RowFifo(wiring.Component):

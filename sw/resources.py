@@ -534,7 +534,7 @@ def _fifo(layer, elems: int) -> dict:
     soft = width * depth if mem.kind == "logic" else 0
     queue_luts, queue_regs = _queue(width, QUEUE_DEPTH)
     return {"lut": {"fifo.luts": mem_luts + 2 * counters + queue_luts},
-            "ff": {"fifo.regs": counters + 2 * width + width + 4 + soft + queue_regs},
+            "ff": {"fifo.regs": counters + 3 * width + 4 + soft + queue_regs},
             "ebr": mem.ebr}
 
 
