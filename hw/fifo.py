@@ -17,12 +17,10 @@ flip-flops, and ``i.ready`` and ``o.valid`` are registers.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 
-from .mvtu import beat_ports, output_queue
-from .storage import port_columns
+from .mvtu import beat_ports, credit_issue, output_queue, ring_memory
 from .swu import QUEUE_DEPTH
 
 __all__ = ["RowFifo", "QUEUE_DEPTH"]
@@ -83,38 +81,25 @@ class RowFifo(wiring.Component):
 
         # Reader: issues a read of a written entry while it holds a credit.
         queue = output_queue(m, o, QUEUE_DEPTH)
-        credits = queue.credits
-        has_credit = Signal(init=1)
-        issue = Signal()
-        credits_n = Signal.like(credits)
+        has_data = Signal()
+        issue = credit_issue(m, queue, has_data)
         avail = Signal(range(depth + 1))  # written entries not yet issued
         avail_n = Signal.like(avail)
-        has_data = Signal()
         raddr = Signal(range(depth))
         m.d.comb += [
-            issue.eq(has_credit & has_data),
-            credits_n.eq(credits - issue + queue.refund),
             avail_n.eq(avail + w_en - issue),
             level_n.eq(level + take - issue),
         ]
         m.d.sync += [
-            credits.eq(credits_n), has_credit.eq(credits_n != 0),
             avail.eq(avail_n), has_data.eq(avail_n != 0),
             level.eq(level_n), ready.eq(level_n != depth),
         ]
         with m.If(issue):
             m.d.sync += raddr.eq(Mux(raddr == depth - 1, 0, raddr + 1))
 
-        # The block RAM, in port_columns (true dual-port DP16KDs, whose read register the
-        # board build can move into the block). A read never meets a write of its address:
-        # an entry is read only after its write.
-        read = Signal(bits)
-        for col, (lo, hi) in enumerate(port_columns(bits)):
-            m.submodules[f"storage{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
-                                                       init=[], attrs={"no_rw_check": 1})
-            wr, rd = mem.write_port(), mem.read_port()
-            m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data[lo:hi]), wr.en.eq(w_en),
-                         rd.addr.eq(raddr), read[lo:hi].eq(rd.data)]
+        # The block RAM. A read never meets a write of its address: an entry is read only
+        # after its write.
+        read = ring_memory(m, "storage", depth, (w_addr, w_data, w_en), raddr)
 
         # S1: the block reads; S2: its data, registered every cycle, into the queue.
         s1_valid, s2_valid = Signal(), Signal()

@@ -93,8 +93,8 @@ from . import storage
 from .fanout import FANOUT, copies_for, replicated
 from .popcount import adder_tree, popcount_width, tree_stages, xnor_pairs
 
-__all__ = ["beat_layout", "beat_ports", "OutputQueue", "output_queue", "MVTU", "pick_bits",
-           "rom_value"]
+__all__ = ["beat_layout", "beat_ports", "OutputQueue", "output_queue", "credit_issue",
+           "ring_memory", "MVTU", "pick_bits", "rom_value"]
 
 
 def beat_layout(width: int) -> data.StructLayout:
@@ -170,6 +170,42 @@ def output_queue(m: Module, o: stream.Interface, depth: int) -> OutputQueue:
         m.d.sync += consume.eq(Mux(consume == depth - 1, 0, consume + 1))
     credits = Signal(range(depth + 1), init=depth, name="credits")
     return OutputQueue(push, data, credits, refund)
+
+
+def credit_issue(m: Module, queue: OutputQueue, wanted: Value) -> Signal:
+    """The issue stage of a reader in front of ``queue``: high when ``wanted`` and a credit
+    is held, the credit counter kept. ``has_credit`` is a register (``credits`` next != 0),
+    so the issue decision waits on flip-flops only."""
+    credits = queue.credits
+    has_credit = Signal(init=1, name="has_credit")
+    issue = Signal(name="issue")
+    credits_n = Signal.like(credits, name="credits_n")
+    m.d.comb += [issue.eq(has_credit & wanted), credits_n.eq(credits - issue + queue.refund)]
+    m.d.sync += [credits.eq(credits_n), has_credit.eq(credits_n != 0)]
+    return issue
+
+
+def ring_memory(m: Module, name: str, depth: int, write: tuple[Value, Value, Value],
+                raddr: Value) -> Signal:
+    """A ``depth``-word RAM written at ``write = (addr, data, en)`` and read synchronously at
+    ``raddr``; returns the read data (one cycle after its address).
+
+    It is cut into :func:`~bnnflow.hw.storage.port_columns`, memories ``<name><k>`` that Yosys
+    maps onto DP16KDs in true dual-port mode, whose read register the board build can move
+    into the block (:mod:`bnnflow.boards.outreg`); a wider memory would take the 36-bit pseudo
+    dual-port mode, which that pass leaves alone. The caller never reads an address in the
+    cycle it is written (``no_rw_check``: no collision bypass,
+    :data:`bnnflow.boards.build.NO_RW_CHECK`).
+    """
+    w_addr, w_data, w_en = write
+    read = Signal(len(w_data), name=f"{name}_read")
+    for col, (lo, hi) in enumerate(storage.port_columns(len(w_data))):
+        m.submodules[f"{name}{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
+                                                   init=[], attrs={"no_rw_check": 1})
+        wr, rd = mem.write_port(), mem.read_port()
+        m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data[lo:hi]), wr.en.eq(w_en),
+                     rd.addr.eq(raddr), read[lo:hi].eq(rd.data)]
+    return read
 
 
 #: PE lanes one copy of the input slice's register feeds. One: a PE's lanes sit by the block

@@ -29,12 +29,10 @@ Design choices:
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
 
-from .mvtu import beat_ports, output_queue, wrap_counter
-from .storage import port_columns
+from .mvtu import beat_ports, credit_issue, output_queue, ring_memory, wrap_counter
 
 __all__ = ["SlidingWindow", "QUEUE_DEPTH"]
 
@@ -144,12 +142,8 @@ class SlidingWindow(wiring.Component):
         # Only S0 waits: it issues a beat with a credit, a free entry of the output queue, so
         # the read pipeline behind it runs every cycle.
         queue = output_queue(m, o, QUEUE_DEPTH)
-        credits = queue.credits
-        has_credit = Signal(init=1)
-        issue = Signal()
-        credits_n = Signal.like(credits)
-        m.d.comb += credits_n.eq(credits - issue + queue.refund)
-        m.d.sync += [credits.eq(credits_n), has_credit.eq(credits_n != 0)]
+        rows_there = Signal()  # the rows the next window row needs are written
+        issue = credit_issue(m, queue, rows_there)
 
         # The walk's counters keep their wrap flags in registers (wrap_counter), so the address
         # step below is chosen by flip-flops, then added in two parallel carry chains.
@@ -165,7 +159,7 @@ class SlidingWindow(wiring.Component):
             frame_end.eq(win_last & last_ox),
         ]
         need = Array(Const(v, range(self.rows + 1)) for v in need_tab)[oy]
-        m.d.comb += issue.eq(has_credit & (done >= need))
+        m.d.comb += rows_there.eq(done >= need)
         with m.If(issue & frame_end):
             m.d.comb += release.eq(Array(Const(v, range(self.rows + 1))
                                          for v in release_tab)[oy])
@@ -188,18 +182,9 @@ class SlidingWindow(wiring.Component):
             with m.If(frame_end):
                 m.d.sync += iy0.eq(Mux(last_row, -p, iy0 + s))
 
-        # The line buffer, in port_columns: each a DP16KD in true dual-port mode, whose read
-        # port's output register the board build can use (bnnflow.boards.outreg); a wider
-        # memory would take the 36-bit pseudo dual-port mode, which that pass leaves alone.
-        # The reader never wants a row the writer is filling (a padded read of one is
-        # discarded), so no read/write collision bypass is needed (boards.build.NO_RW_CHECK).
-        read = Signal(self.width)
-        for col, (lo, hi) in enumerate(port_columns(self.width)):
-            m.submodules[f"lines{col}"] = mem = Memory(shape=unsigned(hi - lo), depth=depth,
-                                                     init=[], attrs={"no_rw_check": 1})
-            wr, rd = mem.write_port(), mem.read_port()
-            m.d.comb += [wr.addr.eq(w_addr), wr.data.eq(w_data[lo:hi]), wr.en.eq(w_en),
-                         rd.addr.eq(raddr), read[lo:hi].eq(rd.data)]
+        # The line buffer (ring_memory). The reader never wants a row the writer is filling
+        # (a padded read of one is discarded), so no read/write collision bypass is needed.
+        read = ring_memory(m, "lines", depth, (w_addr, w_data, w_en), raddr)
 
         iy, ix = iy0 + ky, ix0 + kx
         pad = Signal()
