@@ -26,10 +26,12 @@ cycles instead of 0.725.
 
 from __future__ import annotations
 
+import operator
+
 from amaranth.hdl import Cat, Const, Module, Signal, Value, ValueLike
 
 __all__ = ["LEVELS_PER_STAGE", "popcount", "popcount_width", "tree_levels", "stage_levels",
-           "tree_stages", "adder_tree", "xnor_pairs"]
+           "tree_stages", "adder_level", "adder_tree", "xnor_pairs"]
 
 #: Adder levels of each register stage of :func:`adder_tree` (an int: every stage; a sequence:
 #: the first stage, the next, ... with the last repeating, :func:`stage_levels`).
@@ -134,6 +136,13 @@ def stage_levels(levels: int, levels_per_stage=LEVELS_PER_STAGE) -> list[int]:
     return out or [0]
 
 
+def adder_level(terms: list, add=operator.add) -> list:
+    """One level of :func:`adder_tree`: adjacent terms added pairwise by ``add``, an odd one
+    out passed on. (The resource model walks the same levels over term widths.)"""
+    return [add(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i]
+            for i in range(0, len(terms), 2)]
+
+
 def tree_stages(n: int, levels_per_stage=LEVELS_PER_STAGE) -> int:
     """Registers on the path through :func:`adder_tree` over ``n`` terms, including the
     final one (:func:`stage_levels` of ``tree_levels(n)``)."""
@@ -180,8 +189,7 @@ def adder_tree(m: Module, en: Value | None, terms: list[Value], shape, name: str
     level = 0
     for stage in range(stages):
         for _ in range(schedule[stage]):
-            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                     for i in range(0, len(terms), 2)]
+            terms = adder_level(terms)
             level += 1
         if stage == stages - 1:
             regs = [Signal(shape, name=f"{name}_sum", reset_less=reset_less)]

@@ -277,26 +277,24 @@ def tree_profile(n: int, leaf: int = 1, levels_per_stage=None) -> tuple[int, int
         Sum of the adders' result widths; bits of the registers between stages (the final
         result register not included); registers on the path.
     """
-    from bnnflow.hw.popcount import LEVELS_PER_STAGE, stage_levels, tree_levels
+    from bnnflow.hw.popcount import LEVELS_PER_STAGE, adder_level, stage_levels, tree_levels
 
     per = LEVELS_PER_STAGE if levels_per_stage is None else levels_per_stage
     schedule = stage_levels(tree_levels(n), per)
-    stages = len(schedule)
+    added = []  # the width of every adder's result
+
+    def add(a: int, b: int) -> int:
+        added.append(max(a, b) + 1)
+        return added[-1]
+
     widths = [leaf] * n
-    adder_bits = reg_bits = 0
-    for stage in range(stages):
-        for _ in range(schedule[stage]):
-            nxt = []
-            for i in range(0, len(widths), 2):
-                if i + 1 < len(widths):
-                    nxt.append(max(widths[i], widths[i + 1]) + 1)
-                    adder_bits += nxt[-1]
-                else:
-                    nxt.append(widths[i])
-            widths = nxt
-        if stage < stages - 1:
+    reg_bits = 0
+    for stage, levels in enumerate(schedule):
+        for _ in range(levels):
+            widths = adder_level(widths, add)
+        if stage < len(schedule) - 1:
             reg_bits += sum(widths)
-    return adder_bits, reg_bits, stages
+    return sum(added), reg_bits, len(schedule)
 
 
 def weight_columns(weights, pe: int, simd: int) -> tuple[int, int]:
