@@ -14,8 +14,10 @@ Datapath, one register stage per line::
     S0  issue (nf, sf): the step address nf*SF+sf, the only stage that ever waits
     S1  storage read (block RAM) or registered address (LUT ROM); SIMD input bits
     S2  block RAM data registered in the block, or the LUT ROM's address again
-    S3  block RAM data (its bank picked) on its way to the lanes, or the LUT ROM's address copies
-    S4  weight word of that step among the lanes (LUT ROM: its XNOR with the inputs)
+    S3  block RAM data on its way to the lanes (one bank's, or each bank's), or the LUT ROM's
+        address copies
+    S4  weight word of that step among the lanes (block RAM: its bank picked; LUT ROM: its
+        XNOR with the inputs)
     P1…Pk  PE adder trees over xnor(w, x), a register every 2 adder levels (k = tree_stages)
     A   accumulator over sf; threshold word of output group nf read alongside
     R   threshold compare (or the counts) at sf = SF-1, into the output queue
@@ -34,9 +36,9 @@ Design choices:
   it cycles through many. Block RAM is read at copies of the step address (one per
   :data:`BLOCKS_PER_ADDR` blocks) and cut into banks and columns of one DP16KD each
   (:func:`~bnnflow.hw.storage.rom_banks`); each bank's read is registered (S2, the register
-  the board build moves into the block), then the bank holding the word (S3), then once more
-  among the lanes (S4). The threshold
-  memory (``NF`` words) follows the same rule.
+  the board build moves into the block), then again in the fabric, on its way to the lanes
+  (S3), and the bank holding the word is picked into S4. The threshold memory (``NF`` words)
+  follows the same rule.
 * With block-RAM weights the adder trees start with :func:`~bnnflow.hw.popcount.xnor_pairs`,
   which put each XNOR inside the LUT that adds two lanes, so the first register stage sums
   eight lanes; where that saves a stage the sum waits a cycle, to keep the latency.
@@ -556,14 +558,15 @@ class MVTU(wiring.Component):
         """Word ``addr`` of a ROM stored as ``kind``, registered four cycles later.
 
         Block RAM: the synchronous read of every bank (:func:`_bram_read`), a register each,
-        then one register of the bank that holds the word, then one more. An ECP5
-        DP16KD read without its output register has a clock-to-output delay of about 5.8 ns,
-        which leaves too little of 8 ns to reach any register not right beside the block.
-        Yosys does not use that output register, so the board build moves the first register
-        into it (:mod:`bnnflow.boards.outreg`). The other two split the way from the blocks to
-        the lanes: nextpnr spreads the blocks of a wide ROM over the die, and with one
-        register among the lanes SFC's 88-block layer missed 125 MHz on 10.1 ns of routing
-        from a block to it. A LUT ROM registers its address three times (the copies third),
+        then two more. An ECP5 DP16KD read without its output register has a clock-to-output
+        delay of about 5.8 ns, which leaves too little of 8 ns to reach any register not right
+        beside the block. Yosys does not use that output register, so the board build moves
+        the first register into it (:mod:`bnnflow.boards.outreg`). The other two split the way
+        from the blocks to the lanes: nextpnr spreads the blocks of a wide ROM over the die,
+        and with one register among the lanes SFC's 88-block layer missed 125 MHz on 10.1 ns
+        of routing from a block to it. With one bank they are two plain registers; with
+        several, the second is one register per bank and the third takes the bank that holds
+        the word from those. A LUT ROM registers its address three times (the copies third),
         then its data, to match. ``addr`` may be a list of equal copies (block RAM only),
         shared out among the blocks.
         """
@@ -577,25 +580,32 @@ class MVTU(wiring.Component):
                          word.eq(_rom(m, name, words, width, s2_addr))]
             return word
         mid = Signal(width, name=f"{name}_mid", reset_less=True)
-        m.d.sync += word.eq(mid)
         reads, bank = _bram_read(m, name, words, width, addr)
         if len(reads) == 1:
             near = Signal(width, name=f"{name}_read", reset_less=True)
-            m.d.sync += [near.eq(reads[0]), mid.eq(near)]
+            m.d.sync += [near.eq(reads[0]), mid.eq(near), word.eq(mid)]
             return word
-        # Each bank's read is registered (in the block, after the board build), the bank is
-        # picked from those registers, by copies of the bank index: each steers FANOUT
-        # multiplexer inputs at most (CNV's 18-bank conv7 weights missed 125 MHz on one
-        # index register steering all 64 bits' multiplexers: 5.7 ns of routing).
+        # Each bank's read is registered twice: in the block (after the board build), then in
+        # the fabric, where the placer can put that register half-way to the bank pick; the
+        # bank is picked from those registers into `mid`, which is the word. The blocks of a
+        # deep ROM spread over the die's block-RAM rows, and CNV's conv6 missed 125 MHz on
+        # 8.2 ns of routing from a bank's block straight into the pick multiplexer. The pick
+        # is steered by copies of the bank index: each steers FANOUT multiplexer inputs at
+        # most (CNV's 18-bank conv7 weights missed 125 MHz on one index register steering
+        # all 64 bits' multiplexers: 5.7 ns of routing).
         banks = len(reads)
         nears = [Signal(width, name=f"{name}_read{b}", reset_less=True) for b in range(banks)]
+        fars = [Signal(width, name=f"{name}_far{b}", reset_less=True) for b in range(banks)]
         m.d.sync += [n.eq(r) for n, r in zip(nears, reads, strict=True)]
+        m.d.sync += [f.eq(n) for f, n in zip(fars, nears, strict=True)]
+        late = Signal.like(bank, name=f"{name}_bank_late", reset_less=True)
+        m.d.sync += late.eq(bank)
         per = pick_bits(banks)
-        picks = replicated(m, f"{name}_pick", bank, copies_for(width, per), reset_less=True)
+        picks = replicated(m, f"{name}_pick", late, copies_for(width, per), reset_less=True)
         for k, pick in enumerate(picks):
             lo, hi = k * per, min(width, (k + 1) * per)
-            m.d.sync += mid[lo:hi].eq(Array(n[lo:hi] for n in nears)[pick])
-        return word
+            m.d.sync += mid[lo:hi].eq(Array(f[lo:hi] for f in fars)[pick])
+        return mid
 
     def _compute_register(self, m: Module, fill: Signal, shifted: Value, completing: Value,
                           shifting: bool, load_n: Value, step_n: Value,

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 #: Bumped whenever the hardware generator's output changes for the same IR and folding; part
 #: of the design ID that the board reports and the driver checks.
-GENERATOR_VERSION = "12"
+GENERATOR_VERSION = "13"
 
 _LAZY = {"Accelerator": "bnnflow.driver"}
 

@@ -333,17 +333,20 @@ def _rom(kind: str, columns: tuple[int, int], depth: int) -> tuple[float, float,
     if kind == "bram":
         # The MVTU cuts these memories into blocks itself (rom_blocks) and marks them
         # ram_style/rom_style "block", so Yosys takes block RAM even where memory_map() would
-        # pick logic. Each bank's read is registered, then a multiplexer (about half a LUT4
-        # per input bit) picks one into the second register, which a third one follows.
+        # pick logic. With one bank its read is registered three times; with several, each
+        # bank's read twice, then a multiplexer (about half a LUT4 per input bit) picks one
+        # into the third register.
         from bnnflow.hw.fanout import copies_for
         from bnnflow.hw.mvtu import pick_bits
         from bnnflow.hw.storage import rom_banks, rom_blocks
 
         banks = -(-depth // rom_banks(varying, depth)[1])
         bits = varying + ones
-        # the bank index's copies, when there is more than one bank
-        picks = copies_for(bits, pick_bits(banks)) * _bits(banks) if banks > 1 else 0
-        return (0.5 * bits * (banks - 1), float((banks + 2) * bits + picks),
+        if banks == 1:
+            return 0.0, float(3 * bits), rom_blocks(varying, depth)
+        # the bank index's copies, and the bank index delayed beside the first registers
+        picks = (copies_for(bits, pick_bits(banks)) + 1) * _bits(banks)
+        return (0.5 * bits * (banks - 1), float((2 * banks + 1) * bits + picks),
                 rom_blocks(varying, depth))
     return varying * rom_luts(depth), float(varying + ones + 2 * _bits(depth)), 0
 
