@@ -99,9 +99,10 @@ def _folding_text(report: dict) -> str:
 
 def headline(rows: list[dict], board: str, target_mhz: float) -> str:
     """The benchmark table (markdown)."""
-    head = ("| network | PE x SIMD per layer | LUT4 | FF | EBR | Fmax (MHz) | cycles/frame "
-            "| fabric frames/s | frames/s per LUT·MHz | compile | simulate | build |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = ("| network | PE x SIMD per layer | LUT4 | FF | EBR | target (MHz) | Fmax (MHz) "
+            "| cycles/frame | fabric frames/s | frames/s per LUT·MHz | compile | simulate "
+            "| build |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in rows:
         rep, sim, bit = r["report"], r.get("sim"), r.get("build")
@@ -110,11 +111,12 @@ def headline(rows: list[dict], board: str, target_mhz: float) -> str:
             fmax = bit["fmax_mhz"]
             fps = fmax * 1e6 / cycles
             per = fps / (bit["lut4"] * fmax)
-            res = f"{bit['lut4']:,} | {bit['ff']:,} | {bit['ebr']} | {fmax:.1f}"
+            res = (f"{bit['lut4']:,} | {bit['ff']:,} | {bit['ebr']} | {bit['target_mhz']:g} "
+                   f"| {fmax:.2f}")
             figures = f"{fps:,.0f} | {per:.3f}"
             build = f"{bit['build_wall_seconds']:.0f} s"
         else:
-            res, figures, build = "- | - | - | -", "- | -", "-"
+            res, figures, build = "- | - | - | - | -", "- | -", "-"
         simulated = f"{sim['seconds']:.0f} s" if sim else "-"
         mark = "" if r.get("fitted", True) else " *"
         lines.append(f"| {r['name']}{mark} | {_folding_text(rep)} | {res} | {cycles:,.1f} "
@@ -175,18 +177,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="", metavar="NET=N,...",
                    help="try up to N nextpnr placement seeds for these networks until one "
                         "meets the clock (e.g. sfc=3); one otherwise")
+    p.add_argument("--mhz", default="", metavar="NET=F,...",
+                   help="build these networks for F MHz instead of --target-mhz (e.g. "
+                        "sfc=128, the clock SFC's 2 M frames/s needs at 64 cycles per frame)")
     p.add_argument("--no-calibration", action="store_true")
     p.add_argument("--no-lanecost", action="store_true")
     p.add_argument("-o", "--output", default="runs/bench")
     p.add_argument("--docs", default="docs/benchmark.md")
     args = p.parse_args(argv)
-    cycles, seeds = {}, {}
-    for flag, text, into in (("--cycles", args.cycles, cycles), ("--seeds", args.seeds, seeds)):
+    cycles, seeds, mhz = {}, {}, {}
+    for flag, text, into, kind in (("--cycles", args.cycles, cycles, int),
+                                   ("--seeds", args.seeds, seeds, int),
+                                   ("--mhz", args.mhz, mhz, float)):
         try:
-            into.update({k.strip(): int(v) for k, v in (item.split("=") for item in
-                                                        text.split(",") if item)})
+            into.update({k.strip(): kind(v) for k, v in (item.split("=") for item in
+                                                         text.split(",") if item)})
         except ValueError:
-            p.error(f"{flag} {text!r}: expected NET=N[,NET=N...]")
+            p.error(f"{flag} {text!r}: expected NET={'N' if kind is int else 'F'}[,...]")
     root = Path(args.output)
     rows = []
     for name in [n for n in args.nets.split(",") if n]:
@@ -202,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"[bench] {name}: simulate {args.frames} frames")
         row["sim"] = simulate_net(out, args.frames)
         if not args.no_build:
-            _say(f"[bench] {name}: bitstream at {args.target_mhz:g} MHz")
-            row["build"] = build_net(out, args.board, args.target_mhz, seeds.get(name, 1))
+            clock = mhz.get(name, args.target_mhz)
+            _say(f"[bench] {name}: bitstream at {clock:g} MHz")
+            row["build"] = build_net(out, args.board, clock, seeds.get(name, 1))
         rows.append(row)
     for name in [n for n in args.cycle_nets.split(",") if n]:
         out = root / name
@@ -215,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         " ".join(argv)
     text = [f"# Benchmark\n\nRegenerate with `{cmd}` (about an hour on 2 cores; "
             f"`-- --no-build` skips the bitstreams).\n",
-            f"## Built for {args.board} at {args.target_mhz:g} MHz\n",
+            f"## Built for {args.board} at {args.target_mhz:g} MHz"
+            + "".join(f", {n} at {f:g} MHz" for n, f in mhz.items()) + "\n",
             "Folding: the largest that fits the board (`compile --board`), except where "
             "`--cycles` named a target (marked *).\n",
             "Random weights (speed and size do not depend on them); fabric frames/s = Fmax / "
