@@ -219,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"name": name, "report": compile_net(name, out, None),
                      "sim": simulate_net(out, args.frames)})
     built = [r for r in rows if r["name"] in args.nets.split(",")]
-    cmd = "python3 -m nox -s bench" if argv is None else "python -m bnnflow.benchmark " + \
-        " ".join(argv)
+    if argv is None:  # run by `nox -s bench`, its arguments after `--`
+        given = " ".join(sys.argv[1:])
+        cmd = "python3 -m nox -s bench" + (f" -- {given}" if given else "")
+    else:
+        cmd = "python -m bnnflow.benchmark " + " ".join(argv)
     text = [f"# Benchmark\n\nRegenerate with `{cmd}` (about an hour on 2 cores; "
             f"`-- --no-build` skips the bitstreams).\n",
             f"## Built for {args.board} at {args.target_mhz:g} MHz"
