@@ -23,10 +23,9 @@ from amaranth.lib import wiring
 from .mvtu import beat_ports, credit_issue, output_queue, ring_memory
 from .swu import QUEUE_DEPTH
 
+# QUEUE_DEPTH, the output queue's entries, is the sliding window's: the credit loop is the
+# same (issue, block read, data register, queue, refund).
 __all__ = ["RowFifo", "QUEUE_DEPTH"]
-
-# Entries of the output queue: the credit loop is the sliding window's (issue, block read,
-# data register, queue, refund), so it takes the same depth.
 
 
 class RowFifo(wiring.Component):

@@ -572,8 +572,8 @@ class MVTU(wiring.Component):
         """
         if kind == "const":
             return Const(words[0], width)
-        word = Signal(width, name=f"{name}_word", reset_less=True)
         if kind == "lut":
+            word = Signal(width, name=f"{name}_word", reset_less=True)
             s1_addr = Signal.like(addr, name=f"{name}_addr1", reset_less=True)
             s2_addr = Signal.like(addr, name=f"{name}_addr", reset_less=True)
             m.d.sync += [s1_addr.eq(addr), s2_addr.eq(s1_addr),
@@ -583,6 +583,7 @@ class MVTU(wiring.Component):
         reads, bank = _bram_read(m, name, words, width, addr)
         if len(reads) == 1:
             near = Signal(width, name=f"{name}_read", reset_less=True)
+            word = Signal(width, name=f"{name}_word", reset_less=True)
             m.d.sync += [near.eq(reads[0]), mid.eq(near), word.eq(mid)]
             return word
         # Each bank's read is registered twice: in the block (after the board build), then in
