@@ -7,6 +7,7 @@ Yosys and nextpnr, :func:`~bnnflow.boards.outreg.absorb_output_registers` moves 
 registers into the blocks (``bram_outreg`` in the report).
 """
 
+import importlib
 import json
 import re
 import subprocess
@@ -35,7 +36,8 @@ from .toolchain import (
 from .top import BoardTop
 
 __all__ = ["BoardTop", "build", "BuildError", "ResourceError", "TimingError", "choose_placer",
-           "router_iterations", "STATIC_PLACER_MAX_SHARE", "TMG_RIPUP_MAX_ITER"]
+           "portable_sources", "router_iterations", "STATIC_PLACER_MAX_SHARE",
+           "TMG_RIPUP_MAX_ITER"]
 
 #: Tool name in Amaranth's command list -> (step name, log file suffix or None).
 _STEPS = {
@@ -336,6 +338,9 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
                                     debug_verilog=True, nextpnr_opts=nextpnr_opts,
                                     synth_opts=SYNTH_OPTIONS,
                                     script_after_read=NO_RW_CHECK + "\n" + KEEP_DUPLICATES)
+    for file in (f"{name}.il", f"{name}.debug.v"):
+        if file in plan.files:
+            plan.files[file] = portable_sources(plan.files[file])
     plan.extract(out)
     seconds["amaranth"] = time.perf_counter() - start
     progress("amaranth", seconds["amaranth"])
@@ -371,6 +376,44 @@ def _run_tools(board, factory, out, *, name, progress, seeds) -> dict:
     report["seed"], report["tmg_ripup"] = kept["seed"], kept["tmg_ripup"]
     report["seed_tries"] = tries
     return report
+
+
+#: Packages whose source locations the RTLIL's ``src`` attributes carry, named by
+#: :func:`portable_sources` from their import name instead of the folder they live in.
+SOURCE_PACKAGES = ("bnnflow", "bnnflow.hw", "bnnflow.sim", "bnnflow.boards", "amaranth",
+                   "amaranth_boards")
+
+_SOURCE_PATH = re.compile(r"/[^\s\"|:]+\.py(?=:)")
+
+
+def portable_sources(text: str) -> str:
+    """``text`` (RTLIL or Verilog) with every absolute ``FILE.py`` of a ``src`` location named
+    from its package if it is in one of :data:`SOURCE_PACKAGES` (``bnnflow/hw/mvtu.py:949``),
+    else by its file name alone (``contextlib.py:137``).
+
+    Yosys and nextpnr order their work by hashes of names and attributes, so one design built
+    from two clones (or from an editable checkout and an installed wheel) placed and routed
+    differently: CNV at 10,368 cycles per frame reached 125.88 MHz from one folder and 111.96
+    MHz, seed for seed, from another. With the locations named this way, a build depends on
+    the design, the tools and the seed only.
+    """
+    roots = []
+    for name in SOURCE_PACKAGES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        roots.append((str(Path(module.__file__).parent) + "/", name.replace(".", "/") + "/"))
+    roots.sort(key=lambda root: -len(root[0]))  # bnnflow/hw inside bnnflow when installed
+
+    def name(match: re.Match) -> str:
+        path = match.group(0)
+        for folder, package in roots:
+            if path.startswith(folder):
+                return package + path[len(folder):]
+        return Path(path).name
+
+    return _SOURCE_PATH.sub(name, text)
 
 
 #: nextpnr's products of one run, which a seed sweep keeps apart (``NAME_seedS<suffix>``).

