@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["IN_WIDTH", "compile_net", "simulate_net", "build_net", "main"]
+__all__ = ["IN_WIDTH", "compile_net", "simulate_net", "build_net", "seed_range", "main"]
 
 #: Input beat width per network: 32 bits carry a 784-bit MLP image in 25 beats; CNV's 24 bits
 #: are three 8-bit pixels (one RGB pixel) per beat.
@@ -76,14 +76,16 @@ def simulate_net(out: Path, frames: int, seed: int = 0) -> dict:
     return result
 
 
-def build_net(out: Path, board: str, target_mhz: float, seeds: int = 1) -> dict:
-    """Bitstream for ``board`` at ``target_mhz``, trying up to ``seeds`` placement seeds;
-    timing failures are reported, not raised."""
+def build_net(out: Path, board: str, target_mhz: float, seeds: int = 1,
+              seed: int | None = None) -> dict:
+    """Bitstream for ``board`` at ``target_mhz``, trying up to ``seeds`` placement seeds from
+    ``seed`` on (:func:`bnnflow.boards.build.build`); timing failures are reported, not
+    raised."""
     from .bitstream import build_bitstream
 
     start = time.perf_counter()
     report = build_bitstream(out, board, target_mhz=target_mhz, allow_timing_fail=True,
-                             seeds=seeds, progress=_say)
+                             seed=seed, seeds=seeds, progress=_say)
     report["build_wall_seconds"] = round(time.perf_counter() - start, 1)
     return report
 
@@ -161,6 +163,19 @@ def resource_table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def seed_range(text: str) -> tuple[int | None, int]:
+    """``(first seed, seeds)`` for :func:`build_net` from ``--seeds``' ``N`` (seeds 1 to N;
+    ``1``: one run with nextpnr's own seed) or ``A-B`` (seeds A to B)."""
+    first, dash, last = text.partition("-")
+    if not dash:
+        count = int(first)
+        return (None, 1) if count == 1 else (1, count)
+    first, last = int(first), int(last)
+    if not 1 <= first <= last:
+        raise ValueError(f"seed range {text!r}")
+    return first, last - first + 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bnnflow.benchmark", description=__doc__.split(
         "\n\n")[0])
@@ -174,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                         "folding that fits the board (e.g. sfc=64 for a design that routes "
                         "in minutes)")
     p.add_argument("--no-build", action="store_true", help="skip the bitstreams")
-    p.add_argument("--seeds", default="", metavar="NET=N,...",
-                   help="try up to N nextpnr placement seeds for these networks until one "
-                        "meets the clock (e.g. sfc=3); one otherwise")
+    p.add_argument("--seeds", default="", metavar="NET=N|A-B,...",
+                   help="try nextpnr placement seeds 1 to N (or A to B) for these networks "
+                        "until one meets the clock (e.g. sfc=3, cnv=4-4); nextpnr's own seed "
+                        "otherwise")
     p.add_argument("--mhz", default="", metavar="NET=F,...",
                    help="build these networks for F MHz instead of --target-mhz (e.g. "
                         "sfc=128, the clock SFC's 2 M frames/s needs at 64 cycles per frame)")
@@ -187,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cycles, seeds, mhz = {}, {}, {}
     for flag, text, into, kind in (("--cycles", args.cycles, cycles, int),
-                                   ("--seeds", args.seeds, seeds, int),
+                                   ("--seeds", args.seeds, seeds, seed_range),
                                    ("--mhz", args.mhz, mhz, float)):
         try:
             into.update({k.strip(): kind(v) for k, v in (item.split("=") for item in
                                                          text.split(",") if item)})
         except ValueError:
-            p.error(f"{flag} {text!r}: expected NET={'N' if kind is int else 'F'}[,...]")
+            shape = {int: "N", float: "F"}.get(kind, "N|A-B")
+            p.error(f"{flag} {text!r}: expected NET={shape}[,...]")
     root = Path(args.output)
     rows = []
     for name in [n for n in args.nets.split(",") if n]:
@@ -211,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_build:
             clock = mhz.get(name, args.target_mhz)
             _say(f"[bench] {name}: bitstream at {clock:g} MHz")
-            row["build"] = build_net(out, args.board, clock, seeds.get(name, 1))
+            first, count = seeds.get(name, (None, 1))
+            row["build"] = build_net(out, args.board, clock, count, first)
         rows.append(row)
     for name in [n for n in args.cycle_nets.split(",") if n]:
         out = root / name

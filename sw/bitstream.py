@@ -29,11 +29,14 @@ _REPORT_KEYS = ("board", "part", "lut4", "ff", "ebr", "dsp", "ccu2", "fmax_mhz",
 
 def build_bitstream(build: Path, board: str, *, baud: int | None = None,
                     target_mhz: float | None = None, allow_timing_fail: bool = False,
-                    seeds: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+                    seed: int | None = None, seeds: int = 1,
+                    progress: Callable[[str], None] | None = None) -> dict:
     """Build the bitstream of ``build`` for ``board``; returns the merged report.
 
     With ``allow_timing_fail`` a design that misses its clock still gets its bitstream and
     report (``timing_met`` false) instead of a :class:`~bnnflow.boards.build.TimingError`.
+    ``seed`` and ``seeds`` choose nextpnr's placement seeds as in
+    :func:`bnnflow.boards.build.build`.
     """
     from bnnflow.boards.build import build as board_build
     from bnnflow.boards.registry import get_board
@@ -65,7 +68,7 @@ def build_bitstream(build: Path, board: str, *, baud: int | None = None,
     out = Path(build) / info.name
     report = board_build(info, top, out, name="bnnflow_top", progress=step,
                          target_mhz=target_mhz, design_key=f"{manifest.design_id}:{baud}",
-                         allow_timing_fail=allow_timing_fail, seeds=seeds)
+                         allow_timing_fail=allow_timing_fail, seed=seed, seeds=seeds)
     shutil.copyfile(report["bitstream"], Path(build) / f"{info.name}.bit")
     fields = {k: report.get(k) for k in _REPORT_KEYS if k in report}
     fields["baud"] = baud

@@ -30,8 +30,16 @@ def test_headline_shows_target_and_achieved_clock():
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--mhz", "sfc=fast"), ("--seeds", "sfc=2.5"),
+                                             ("--seeds", "cnv=4-2"), ("--seeds", "cnv=0-1"),
                                              ("--cycles", "cnv")])
 def test_bad_per_network_option_names_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit):
         benchmark.main([flag, value, "--nets", "", "--cycle-nets", ""])
     assert f"{flag} {value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("1", (None, 1)), ("4", (1, 4)), ("3-3", (3, 1)),
+                                             ("2-5", (2, 4))])
+def test_seed_range(text, seeds):
+    """``N``: seeds 1 to N (one run: nextpnr's own seed); ``A-B``: seeds A to B."""
+    assert benchmark.seed_range(text) == seeds

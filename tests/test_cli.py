@@ -217,7 +217,8 @@ def test_bitstream_build_grows_with_the_network(build, tmp_path):
 
 
 def test_build_passes_seeds(monkeypatch, tmp_path, capsys):
-    """`bnnflow build --seeds N` reaches the build; the default is one placement."""
+    """`bnnflow build --seeds N --seed S` reaches the build; the default is one placement with
+    nextpnr's own seed."""
     import bnnflow.bitstream
     from bnnflow.cli import main
 
@@ -231,5 +232,7 @@ def test_build_passes_seeds(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(bnnflow.bitstream, "build_bitstream", fake)
     assert main(["build", str(tmp_path), "--target-mhz", "125", "--seeds", "3"]) in (0, None)
     assert main(["build", str(tmp_path)]) in (0, None)
-    assert [c["seeds"] for c in calls] == [3, 1] and calls[0]["target_mhz"] == 125.0
+    assert main(["build", str(tmp_path), "--seed", "7"]) in (0, None)
+    assert [(c["seed"], c["seeds"]) for c in calls] == [(None, 3), (None, 1), (7, 1)]
+    assert calls[0]["target_mhz"] == 125.0
     assert "fmax_mhz=130.0" in capsys.readouterr().out
