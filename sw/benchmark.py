@@ -164,12 +164,11 @@ def resource_table(rows: list[dict]) -> str:
 
 
 def seed_range(text: str) -> tuple[int | None, int]:
-    """``(first seed, seeds)`` for :func:`build_net` from ``--seeds``' ``N`` (seeds 1 to N;
-    ``1``: one run with nextpnr's own seed) or ``A-B`` (seeds A to B)."""
+    """``(first seed, seeds)`` for :func:`build_net` from ``--seeds``' ``N`` (no first seed:
+    the build tries seeds 1 to N, or nextpnr's own for one) or ``A-B`` (seeds A to B)."""
     first, dash, last = text.partition("-")
     if not dash:
-        count = int(first)
-        return (None, 1) if count == 1 else (1, count)
+        return None, int(first)
     first, last = int(first), int(last)
     if not 1 <= first <= last:
         raise ValueError(f"seed range {text!r}")
